@@ -1,0 +1,3 @@
+from arctic_embed.cli import main
+
+main()

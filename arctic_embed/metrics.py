@@ -1,0 +1,30 @@
+"""Prometheus metrics of the gateway (served over HTTP on --metrics-port)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0)
+
+REQUESTS = Counter("arctic_embed_requests_total", "Embedding requests received", ["rpc"])
+FAILURES = Counter("arctic_embed_request_failures_total", "Requests that ended with an error", ["rpc", "code"])
+INPUTS = Counter("arctic_embed_inputs_total", "Inputs embedded")
+TOKENS = Counter("arctic_embed_tokens_total", "Tokens embedded")
+QUEUE_DURATION = Histogram("arctic_embed_queue_duration_seconds", "Time from admission to the first batch",
+                           buckets=_LATENCY_BUCKETS)
+TOKENIZE_DURATION = Histogram("arctic_embed_tokenize_duration_seconds", "Tokenization time per request",
+                              buckets=_LATENCY_BUCKETS)
+INFERENCE_DURATION = Histogram("arctic_embed_inference_duration_seconds", "Engine time per request",
+                               buckets=_LATENCY_BUCKETS)
+TOTAL_DURATION = Histogram("arctic_embed_request_duration_seconds", "Total time per request", buckets=_LATENCY_BUCKETS)
+BATCH_INPUTS = Histogram("arctic_embed_request_inputs", "Inputs per request",
+                         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096))
+QUEUED_TOKENS = Gauge("arctic_embed_queued_tokens", "Tokens admitted and not yet answered")
+REPLICAS_READY = Gauge("arctic_embed_replicas_ready", "Replicas ready to serve")
+REPLICA_RESTARTS = Counter("arctic_embed_replica_restarts_total", "Replica processes restarted after dying")
+
+
+def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
+    if port:
+        start_http_server(port, addr=host)

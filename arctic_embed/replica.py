@@ -1,0 +1,174 @@
+"""A replica process: one engine on one device, fed by the gateway over a frame socket.
+
+A reader thread takes SUBMIT / CANCEL / PING frames off the socket; the main thread forms token-budget batches,
+runs the engine, encodes the outputs and sends one RESULT per work item when its last sequence is done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from arctic_embed.batching import BatchSlice, TokenBudgetQueue, WorkItem
+from arctic_embed.config import ReplicaConfig
+from arctic_embed.encoding import EncodedBatch, OutputOptions, encode_batch
+from arctic_embed.engines import Engine, create_engine
+from arctic_embed.ipc import Frame, FrameSocket, Kind
+from arctic_embed.model_files import read_model_spec
+from arctic_embed.workers import worker_socket
+
+log = logging.getLogger("arctic_embed.replica")
+
+
+@dataclass
+class _Pending:
+    """Output of a work item collected across the batches it was spread over."""
+
+    item: WorkItem
+    parts: list[memoryview] = field(default_factory=list)
+    scales: list[memoryview] = field(default_factory=list)
+    inference_ns: int = 0
+
+
+class Replica:
+    def __init__(self, sock: FrameSocket, config: ReplicaConfig, engine: Engine) -> None:
+        self._sock = sock
+        self._config = config
+        self._engine = engine
+        self._queue = TokenBudgetQueue(config.max_batch_tokens, config.max_batch_size)
+        self._pending: dict[int, _Pending] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    # ----------------------------------------------------------------------------------------------- inbound
+    def read_loop(self) -> None:
+        try:
+            while (frame := self._sock.recv()) is not None:
+                if frame.kind == Kind.SUBMIT:
+                    self._submit(frame)
+                elif frame.kind == Kind.CANCEL:
+                    with self._lock:
+                        self._pending.pop(frame.meta["id"], None)
+                    self._queue.cancel(frame.meta["id"])
+                elif frame.kind == Kind.PING:
+                    self._sock.send(Frame(Kind.PONG, {"id": frame.meta.get("id"), "queued": len(self._queue)}))
+                elif frame.kind == Kind.SHUTDOWN:
+                    break
+        finally:
+            self._stopping.set()
+            self._queue.close()
+
+    def _submit(self, frame: Frame) -> None:
+        meta = frame.meta
+        options = OutputOptions(bool(meta["normalize"]), int(meta["dimensions"]), str(meta["dtype"]))
+        item = WorkItem(
+            work_id=int(meta["id"]),
+            ids=np.frombuffer(frame.buffers[0], dtype=np.int32),
+            lengths=np.frombuffer(frame.buffers[1], dtype=np.int32),
+            options=options,
+            priority=int(meta.get("priority", 0)),
+        )
+        with self._lock:
+            self._pending[item.work_id] = _Pending(item)
+        self._queue.put(item)
+
+    # ----------------------------------------------------------------------------------------------- batches
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            batch = self._queue.take(timeout_s=0.5)
+            if batch:
+                self._run_batch(batch)
+
+    def _run_batch(self, batch: list[BatchSlice]) -> None:
+        started = time.perf_counter_ns()
+        ids = np.concatenate([s.item.ids[s.item.offsets[s.start]:s.item.offsets[s.end]] for s in batch])
+        lengths = np.concatenate([s.item.lengths[s.start:s.end] for s in batch])
+        groups = []
+        row = 0
+        for s in batch:
+            groups.append((row, row + s.end - s.start, s.item.options))
+            row += s.end - s.start
+        try:
+            encoded = encode_batch(self._engine.embed(ids, lengths), groups)
+        except Exception as exc:  # the batch fails, the replica lives on
+            log.exception("engine failed on a batch of %d sequences", lengths.size)
+            for s in batch:
+                self._fail(s.item.work_id, exc)
+            return
+        elapsed = time.perf_counter_ns() - started
+        self._collect(batch, encoded, elapsed)
+
+    def _collect(self, batch: list[BatchSlice], encoded: EncodedBatch, elapsed_ns: int) -> None:
+        for g, s in enumerate(batch):
+            with self._lock:
+                pending = self._pending.get(s.item.work_id)
+            if pending is None:  # cancelled meanwhile
+                continue
+            pending.parts.append(encoded.data[encoded.group_offsets[g]:encoded.group_offsets[g + 1]])
+            if encoded.scales[g] is not None:
+                pending.scales.append(encoded.scales[g])
+            pending.inference_ns += elapsed_ns
+            if s.last:
+                with self._lock:
+                    self._pending.pop(s.item.work_id, None)
+                self._send_result(pending)
+
+    def _send_result(self, pending: _Pending) -> None:
+        item = pending.item
+        data = pending.parts[0] if len(pending.parts) == 1 else b"".join(pending.parts)
+        buffers = [data]
+        if pending.scales:
+            buffers.append(pending.scales[0] if len(pending.scales) == 1 else b"".join(pending.scales))
+        meta = {"id": item.work_id, "queue_ns": item.started_ns - item.enqueued_ns,
+                "inference_ns": pending.inference_ns}
+        self._sock.send(Frame(Kind.RESULT, meta, buffers))
+
+    def _fail(self, work_id: int, exc: BaseException) -> None:
+        with self._lock:
+            self._pending.pop(work_id, None)
+        self._queue.cancel(work_id)
+        self._sock.send(Frame(Kind.ERROR, {"id": work_id, "type": type(exc).__name__, "message": str(exc)}))
+
+
+def _device_for_process(device: str) -> str:
+    """The gateway pins a replica to one GPU via CUDA_VISIBLE_DEVICES: inside, it is always cuda:0."""
+    return "cuda" if device.startswith("cuda") else device
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="embedding replica (started by the gateway)")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--config", required=True)
+    args = parser.parse_args()
+    logging.basicConfig(level=os.environ.get("ARCTIC_EMBED_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s replica[%(process)d] %(levelname)s %(message)s")
+    sock = FrameSocket(worker_socket(args.fd))
+    config = ReplicaConfig(**json.loads(args.config))
+    try:
+        spec = read_model_spec(config.model_path)
+        engine = create_engine(config.engine)
+        engine.load(spec, _device_for_process(config.device), config.dtype, config.torch_threads)
+        # Warm up: the first batch pays for lazy initialisation (allocator, kernels, graphs).
+        engine.embed(np.zeros(8, dtype=np.int32), np.array([8], dtype=np.int32))
+    except Exception as exc:
+        log.exception("replica failed to start")
+        sock.send(Frame(Kind.ERROR, {"id": 0, "type": type(exc).__name__, "message": str(exc)}))
+        raise SystemExit(1) from exc
+    info = engine.info()
+    sock.send(Frame(Kind.READY, {"engine": info.engine, "model_dtype": info.model_dtype, "device": info.device,
+                                 "dim": info.dim, "pid": os.getpid()}))
+    replica = Replica(sock, config, engine)
+    reader = threading.Thread(target=replica.read_loop, name="replica-reader", daemon=True)
+    reader.start()
+    replica.run()
+
+
+if __name__ == "__main__":
+    main()

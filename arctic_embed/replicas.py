@@ -1,0 +1,301 @@
+"""Replica processes seen from the gateway: placement on devices, routing, health, restart and retry.
+
+Routing sends each piece of work to the ready replica with the fewest outstanding tokens. A replica that dies
+(EOF on its socket, process exit, or no answer to pings) is restarted; the work it held is sent again to another
+replica, so a client sees no failure. Work with no ready replica waits (parked) until one is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from arctic_embed import metrics
+from arctic_embed.config import ServerConfig
+from arctic_embed.encoding import OutputOptions
+from arctic_embed.errors import Unavailable
+from arctic_embed.ipc import AsyncFrameStream, Frame, Kind
+from arctic_embed.workers import WorkerProcess, spawn_worker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReplicaResult:
+    data: memoryview
+    scales: memoryview | None
+    queue_ns: int
+    inference_ns: int
+
+
+@dataclass
+class _Work:
+    work_id: int
+    frame: Frame
+    tokens: int
+    future: asyncio.Future
+    attempts: int = 0
+    replica: ReplicaHandle | None = None
+
+
+@dataclass
+class ReplicaHandle:
+    index: int
+    device: str
+    state: str = "starting"  # starting | ready | dead
+    proc: WorkerProcess | None = None
+    stream: AsyncFrameStream | None = None
+    info: dict = field(default_factory=dict)
+    outstanding_tokens: int = 0
+    inflight: dict[int, _Work] = field(default_factory=dict)
+    last_seen: float = 0.0
+    restarts: int = 0
+    started_at: float = 0.0
+    ready_at: float = 0.0
+    reader: asyncio.Task | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.process.pid if self.proc else None
+
+
+class ReplicaManager:
+    def __init__(self, config: ServerConfig, model_path: str) -> None:
+        self._config = config
+        self._model_path = model_path
+        devices = config.resolved_devices()
+        self.replicas = [ReplicaHandle(i, device) for i, device in
+                         enumerate(d for d in devices for _ in range(config.replicas_per_device))]
+        self._ids = itertools.count(1)
+        self._parked: list[_Work] = []
+        self._closing = False
+        self._monitor: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
+        self._ready_event = asyncio.Event()
+
+    # ------------------------------------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        results = await asyncio.gather(*(self._start(r) for r in self.replicas), return_exceptions=True)
+        if not any(r.state == "ready" for r in self.replicas):
+            raise RuntimeError(f"no replica started: {results}")
+        for replica, result in zip(self.replicas, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("replica %d failed to start: %s; will retry", replica.index, result)
+                self._spawn_task(self._restart(replica))
+        self._monitor = asyncio.create_task(self._monitor_loop())
+
+    def _replica_config(self, replica: ReplicaHandle) -> tuple[dict, dict[str, str]]:
+        cfg = self._config.replica
+        threads = cfg.torch_threads
+        env: dict[str, str] = {}
+        if replica.device.startswith("cuda"):
+            env["CUDA_VISIBLE_DEVICES"] = replica.device.split(":", 1)[1] if ":" in replica.device else "0"
+        elif threads <= 0:
+            import os
+
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            threads = max(1, cpus // max(1, len(self.replicas)))
+        payload = {**cfg.__dict__, "model_path": self._model_path, "device": replica.device,
+                   "torch_threads": threads}
+        return payload, env
+
+    async def _start(self, replica: ReplicaHandle) -> None:
+        replica.state = "starting"
+        replica.started_at = time.monotonic()
+        payload, env = self._replica_config(replica)
+        replica.proc = spawn_worker("arctic_embed.replica", payload, env)
+        replica.stream = await AsyncFrameStream.from_socket(replica.proc.sock)
+        try:
+            frame = await asyncio.wait_for(replica.stream.recv(), self._config.replica_startup_timeout_s)
+        except asyncio.TimeoutError:
+            frame = None
+        if frame is None or frame.kind != Kind.READY:
+            replica.proc.kill()
+            replica.state = "dead"
+            message = frame.meta.get("message") if frame is not None else "no READY before the startup timeout"
+            raise RuntimeError(f"replica {replica.index} on {replica.device}: {message}")
+        replica.info = frame.meta
+        replica.state = "ready"
+        replica.last_seen = replica.ready_at = time.monotonic()
+        replica.reader = asyncio.create_task(self._read_loop(replica))
+        metrics.REPLICAS_READY.set(self.n_ready)
+        log.info("replica %d ready on %s (pid %s) in %.1fs", replica.index, replica.device, replica.pid,
+                 replica.ready_at - replica.started_at)
+        self._ready_event.set()
+        self._unpark()
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._monitor:
+            self._monitor.cancel()
+        for task in list(self._background):
+            task.cancel()
+        for replica in self.replicas:
+            if replica.stream and replica.state == "ready":
+                replica.stream.send(Frame(Kind.SHUTDOWN))
+        await asyncio.sleep(0.05)
+        for replica in self.replicas:
+            if replica.reader:
+                replica.reader.cancel()
+            if replica.proc:
+                replica.proc.kill()
+        for work in self._parked:
+            if not work.future.done():
+                work.future.set_exception(Unavailable("server is shutting down"))
+
+    # ------------------------------------------------------------------------------------------- state
+    @property
+    def n_ready(self) -> int:
+        return sum(r.state == "ready" for r in self.replicas)
+
+    @property
+    def outstanding_tokens(self) -> int:
+        return sum(r.outstanding_tokens for r in self.replicas) + sum(w.tokens for w in self._parked)
+
+    def _spawn_task(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ------------------------------------------------------------------------------------------- work
+    async def submit(self, ids: np.ndarray, lengths: np.ndarray, options: OutputOptions,
+                     priority: int = 0) -> ReplicaResult:
+        work_id = next(self._ids)
+        meta = {"id": work_id, "normalize": options.normalize, "dimensions": options.dimensions,
+                "dtype": options.dtype, "priority": priority}
+        frame = Frame(Kind.SUBMIT, meta, [np.ascontiguousarray(ids, np.int32), np.ascontiguousarray(lengths, np.int32)])
+        work = _Work(work_id, frame, int(ids.size), asyncio.get_running_loop().create_future())
+        self._dispatch(work)
+        try:
+            return await work.future
+        except asyncio.CancelledError:
+            self._cancel(work)
+            raise
+
+    def _dispatch(self, work: _Work) -> None:
+        ready = [r for r in self.replicas if r.state == "ready"]
+        if not ready:
+            if not any(r.state == "starting" for r in self.replicas) and self._closing:
+                work.future.set_exception(Unavailable("no healthy replica"))
+                return
+            self._parked.append(work)
+            self._spawn_task(self._expire_parked(work))
+            return
+        replica = min(ready, key=lambda r: r.outstanding_tokens)
+        work.replica = replica
+        replica.inflight[work.work_id] = work
+        replica.outstanding_tokens += work.tokens
+        assert replica.stream is not None
+        replica.stream.send(work.frame)
+
+    async def _expire_parked(self, work: _Work) -> None:
+        await asyncio.sleep(self._config.replica_startup_timeout_s)
+        if work in self._parked:
+            self._parked.remove(work)
+            if not work.future.done():
+                work.future.set_exception(Unavailable("no healthy replica came up in time"))
+
+    def _unpark(self) -> None:
+        parked, self._parked = self._parked, []
+        for work in parked:
+            if not work.future.done():
+                self._dispatch(work)
+
+    def _release(self, work: _Work) -> None:
+        replica = work.replica
+        if replica is not None and replica.inflight.pop(work.work_id, None) is not None:
+            replica.outstanding_tokens -= work.tokens
+        work.replica = None
+
+    def _cancel(self, work: _Work) -> None:
+        replica = work.replica
+        self._release(work)
+        if work in self._parked:
+            self._parked.remove(work)
+        if replica is not None and replica.state == "ready" and replica.stream is not None:
+            replica.stream.send(Frame(Kind.CANCEL, {"id": work.work_id}))
+
+    # ------------------------------------------------------------------------------------------- replica I/O
+    async def _read_loop(self, replica: ReplicaHandle) -> None:
+        assert replica.stream is not None
+        while True:
+            frame = await replica.stream.recv()
+            if frame is None:
+                break
+            replica.last_seen = time.monotonic()
+            if frame.kind == Kind.PONG:
+                continue
+            work = replica.inflight.get(frame.meta.get("id", -1))
+            if work is None:
+                continue
+            self._release(work)
+            if work.future.done():
+                continue
+            if frame.kind == Kind.RESULT:
+                scales = frame.buffers[1] if len(frame.buffers) > 1 else None
+                work.future.set_result(ReplicaResult(frame.buffers[0], scales, int(frame.meta["queue_ns"]),
+                                                     int(frame.meta["inference_ns"])))
+            else:
+                work.future.set_exception(RuntimeError(f"replica {replica.index}: {frame.meta.get('message')}"))
+        if not self._closing:
+            self._on_dead(replica)
+
+    def _on_dead(self, replica: ReplicaHandle) -> None:
+        if replica.state == "dead":
+            return
+        exit_code = replica.proc.process.poll() if replica.proc else None
+        log.error("replica %d (pid %s) died (exit %s); retrying %d in-flight items elsewhere and restarting",
+                  replica.index, replica.pid, exit_code, len(replica.inflight))
+        metrics.REPLICA_RESTARTS.inc()
+        replica.state = "dead"
+        metrics.REPLICAS_READY.set(self.n_ready)
+        if replica.proc:
+            replica.proc.kill()
+        orphans = list(replica.inflight.values())
+        replica.inflight.clear()
+        replica.outstanding_tokens = 0
+        for work in orphans:
+            work.replica = None
+            work.attempts += 1
+            if work.future.done():
+                continue
+            if work.attempts > self._config.max_retries:
+                work.future.set_exception(Unavailable(f"replica died {work.attempts} times while running this"))
+            else:
+                self._dispatch(work)
+        self._spawn_task(self._restart(replica))
+
+    async def _restart(self, replica: ReplicaHandle) -> None:
+        delay = 0.5
+        while not self._closing:
+            replica.restarts += 1
+            try:
+                await self._start(replica)
+                return
+            except Exception as exc:  # keep trying: a replica that cannot start is retried with backoff
+                log.error("replica %d restart failed: %s", replica.index, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def _monitor_loop(self) -> None:
+        interval = self._config.health_check_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for replica in self.replicas:
+                if replica.state != "ready" or replica.stream is None:
+                    continue
+                if replica.proc and replica.proc.process.poll() is not None:
+                    self._on_dead(replica)
+                elif now - replica.last_seen > self._config.health_check_timeout_s:
+                    log.error("replica %d answered no ping for %.0fs: killing it", replica.index,
+                              now - replica.last_seen)
+                    if replica.proc:
+                        replica.proc.process.kill()
+                else:
+                    replica.stream.send(Frame(Kind.PING, {"id": 0}))

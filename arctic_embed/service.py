@@ -1,0 +1,223 @@
+"""The embedding core: validate → tokenize → admit → route to replicas → assemble bytes. No transport here.
+
+The gRPC servicers (ours and the Arctic-compatible one) translate protobuf to `EmbedJob` and `EmbedResult` back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from arctic_embed import metrics
+from arctic_embed.config import ServerConfig
+from arctic_embed.encoding import OUTPUT_DTYPES, OutputOptions, has_scales, row_bytes
+from arctic_embed.errors import Cancelled, InvalidInput, NotFound, Overloaded
+from arctic_embed.model_files import ModelSpec
+from arctic_embed.replicas import ReplicaManager, ReplicaResult
+from arctic_embed.tokenization import TokenBatch, TokenizeOptions
+from arctic_embed.tokenizer_pool import TokenizerPool
+
+
+@dataclass
+class EmbedJob:
+    """One request, transport-free. Exactly one of `texts` / `token_ids` is non-empty."""
+
+    texts: list[str] = field(default_factory=list)
+    token_ids: list[bytes] = field(default_factory=list)
+    request_id: str = ""
+    model: str = ""
+    normalize: bool = True
+    dimensions: int = 0
+    truncate: bool = True
+    truncate_left: bool = False
+    prompt_name: str = ""
+    prefix: str = ""
+    dtype: str = "float32"
+    priority: int = 0
+
+    @property
+    def n_inputs(self) -> int:
+        return len(self.texts) or len(self.token_ids)
+
+
+@dataclass
+class StageTimes:
+    queue_ns: int = 0
+    tokenize_ns: int = 0
+    inference_ns: int = 0
+    total_ns: int = 0
+
+
+@dataclass
+class EmbedResult:
+    """All outputs back to back in `data`; input i is `data[i * row_bytes:(i + 1) * row_bytes]`."""
+
+    data: bytes
+    n: int
+    dim: int
+    dtype: str
+    row_bytes: int
+    token_counts: np.ndarray
+    scales: np.ndarray | None
+    timings: StageTimes
+
+    def rows(self) -> list[bytes]:
+        view = memoryview(self.data)
+        size = self.row_bytes
+        return [bytes(view[i * size:(i + 1) * size]) for i in range(self.n)]
+
+
+class EmbedCore:
+    def __init__(self, config: ServerConfig, spec: ModelSpec, tokenizers: TokenizerPool,
+                 replicas: ReplicaManager) -> None:
+        self.config = config
+        self.spec = spec
+        self.tokenizers = tokenizers
+        self.replicas = replicas
+        self.model_name = config.model_name or spec.name
+        self.vocab_size = spec.vocab_size
+        self._active: dict[str, asyncio.Task] = {}
+        self._aborted: set[str] = set()
+
+    # ------------------------------------------------------------------------------------------- validation
+    def _check_model(self, model: str) -> None:
+        if model and model not in (self.model_name, self.model_name.rsplit("/", 1)[-1]):
+            raise InvalidInput(f"unknown model {model!r}; this server serves {self.model_name!r}")
+
+    def output_options(self, job: EmbedJob) -> OutputOptions:
+        if job.dtype not in OUTPUT_DTYPES:
+            raise InvalidInput(f"unknown output dtype {job.dtype!r}; one of {', '.join(OUTPUT_DTYPES)}")
+        if job.dimensions < 0 or job.dimensions > self.spec.dim:
+            raise InvalidInput(f"dimensions={job.dimensions} is outside 1..{self.spec.dim} (0 = full)")
+        return OutputOptions(job.normalize, job.dimensions if job.dimensions != self.spec.dim else 0, job.dtype)
+
+    def tokenize_options(self, job: EmbedJob) -> TokenizeOptions:
+        if job.prompt_name and job.prefix:
+            raise InvalidInput("set prompt_name or prefix, not both")
+        prefix = job.prefix
+        if job.prompt_name:
+            if job.prompt_name not in self.spec.prompts:
+                known = ", ".join(sorted(self.spec.prompts)) or "none"
+                raise InvalidInput(f"unknown prompt_name {job.prompt_name!r}; this model has: {known}")
+            prefix = self.spec.prompts[job.prompt_name]
+        elif self.spec.default_prompt_name and not job.token_ids:
+            prefix = self.spec.prompts.get(self.spec.default_prompt_name, "")
+        return TokenizeOptions(prefix, job.truncate, job.truncate_left)
+
+    def _check_inputs(self, job: EmbedJob) -> None:
+        if job.texts and job.token_ids:
+            raise InvalidInput("send texts or token_ids, not both")
+        n = job.n_inputs
+        if n == 0:
+            raise InvalidInput("no inputs: send at least one text or token-id list")
+        if n > self.config.max_inputs_per_request:
+            raise InvalidInput(f"{n} inputs is over the limit of {self.config.max_inputs_per_request} per request; "
+                               "split the request (the client library does this for you)")
+
+    def parse_token_ids(self, job: EmbedJob) -> TokenBatch:
+        limit = self.spec.max_input_tokens
+        arrays: list[np.ndarray] = []
+        for i, raw in enumerate(job.token_ids):
+            if len(raw) % 4:
+                raise InvalidInput(f"token_ids[{i}] has {len(raw)} bytes, not a multiple of 4 (little-endian int32)")
+            ids = np.frombuffer(raw, dtype="<i4")
+            if ids.size == 0:
+                raise InvalidInput(f"token_ids[{i}] is empty")
+            low, high = int(ids.min()), int(ids.max())
+            if low < 0 or high >= self.vocab_size:
+                bad = low if low < 0 else high
+                raise InvalidInput(f"token_ids[{i}] holds id {bad}, outside the vocabulary 0..{self.vocab_size - 1}")
+            if ids.size > limit:
+                if not job.truncate:
+                    raise InvalidInput(f"token_ids[{i}] has {ids.size} ids, over the model's limit of {limit}; "
+                                       "send truncate=true or fewer ids")
+                ids = ids[ids.size - limit:] if job.truncate_left else ids[:limit]
+            arrays.append(ids)
+        return TokenBatch.from_arrays(arrays)
+
+    # ------------------------------------------------------------------------------------------- requests
+    async def tokenize(self, job: EmbedJob) -> TokenBatch:
+        self._check_model(job.model)
+        self._check_inputs(job)
+        if job.token_ids:
+            return self.parse_token_ids(job)
+        return await self.tokenizers.tokenize(job.texts, self.tokenize_options(job))
+
+    async def embed(self, job: EmbedJob) -> EmbedResult:
+        started = time.perf_counter_ns()
+        task = asyncio.current_task()
+        if job.request_id and task is not None:
+            self._active[job.request_id] = task
+        try:
+            return await self._embed(job, started)
+        except asyncio.CancelledError:
+            if job.request_id in self._aborted:
+                self._aborted.discard(job.request_id)
+                raise Cancelled(f"request {job.request_id!r} was aborted") from None
+            raise
+        finally:
+            if job.request_id and self._active.get(job.request_id) is task:
+                del self._active[job.request_id]
+
+    async def _embed(self, job: EmbedJob, started: int) -> EmbedResult:
+        options = self.output_options(job)
+        batch = await self.tokenize(job)
+        tokenized = time.perf_counter_ns()
+        total_tokens = batch.total
+        queued = self.replicas.outstanding_tokens
+        if queued + total_tokens > self.config.max_queued_tokens:
+            raise Overloaded(f"server busy: {queued} tokens queued, limit {self.config.max_queued_tokens}; retry")
+        metrics.QUEUED_TOKENS.set(queued + total_tokens)
+        results = await asyncio.gather(*(self.replicas.submit(ids, lengths, options, job.priority)
+                                         for ids, lengths in self._chunks(batch)))
+        dim = options.dimensions or self.spec.dim
+        data, scales = _join(results, has_scales(options.dtype))
+        finished = time.perf_counter_ns()
+        times = StageTimes(
+            queue_ns=max(r.queue_ns for r in results),
+            tokenize_ns=tokenized - started,
+            inference_ns=max(r.inference_ns for r in results),
+            total_ns=finished - started,
+        )
+        metrics.INPUTS.inc(batch.lengths.size)
+        metrics.TOKENS.inc(total_tokens)
+        metrics.BATCH_INPUTS.observe(batch.lengths.size)
+        metrics.QUEUE_DURATION.observe(times.queue_ns / 1e9)
+        metrics.TOKENIZE_DURATION.observe(times.tokenize_ns / 1e9)
+        metrics.INFERENCE_DURATION.observe(times.inference_ns / 1e9)
+        metrics.TOTAL_DURATION.observe(times.total_ns / 1e9)
+        return EmbedResult(data, int(batch.lengths.size), dim, options.dtype, row_bytes(dim, options.dtype),
+                           batch.lengths, scales, times)
+
+    def _chunks(self, batch: TokenBatch) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Split a large request so that several replicas work on it at once."""
+        n_ready = max(1, self.replicas.n_ready)
+        budget = self.config.replica.max_batch_tokens
+        if n_ready == 1 or batch.total <= budget:
+            return [(batch.ids, batch.lengths)]
+        target = max(budget // 2, -(-batch.total // n_ready))
+        offsets = batch.offsets()
+        chunks = []
+        start = 0
+        for end in range(1, batch.lengths.size + 1):
+            if offsets[end] - offsets[start] >= target or end == batch.lengths.size:
+                chunks.append((batch.ids[offsets[start]:offsets[end]], batch.lengths[start:end]))
+                start = end
+        return chunks
+
+    def abort(self, request_id: str) -> None:
+        task = self._active.get(request_id)
+        if task is None:
+            raise NotFound(f"no request {request_id!r} in flight")
+        self._aborted.add(request_id)
+        task.cancel()
+
+
+def _join(results: list[ReplicaResult], with_scales: bool) -> tuple[bytes, np.ndarray | None]:
+    data = bytes(results[0].data) if len(results) == 1 else b"".join(r.data for r in results)
+    if not with_scales:
+        return data, None
+    return data, np.concatenate([np.frombuffer(r.scales, dtype=np.float32) for r in results if r.scales is not None])
