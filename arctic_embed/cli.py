@@ -59,7 +59,7 @@ def _batch_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, help="text file, one input per line ('-' = stdin)")
     p.add_argument("--output", required=True, help=".npy file to write")
     p.add_argument("--dtype", choices=OUTPUT_DTYPES, default="float32")
-    p.add_argument("--dimensions", type=int, default=0)
+    p.add_argument("--dimensions", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--prefix", default="")

@@ -55,7 +55,7 @@ def _clean(text: str) -> str:
         return text.encode("utf-8", "replace").decode("utf-8")
 
 
-def build_request(inputs: Inputs, *, normalize: bool = True, dimensions: int = 0, dtype: str = "float32",
+def build_request(inputs: Inputs, *, normalize: bool = True, dimensions: int | None = None, dtype: str = "float32",
                   truncate: bool = True, truncation_side: str = "right", prompt_name: str = "", prefix: str = "",
                   model: str = "", request_id: str = "", priority: int = 0) -> pb.EmbedRequest:
     if dtype not in _DTYPES:

@@ -30,7 +30,8 @@ class EmbedJob:
     request_id: str = ""
     model: str = ""
     normalize: bool = True
-    dimensions: int = 0
+    dimensions: int | None = None
+    """None = the model's full dimension."""
     truncate: bool = True
     truncate_left: bool = False
     prompt_name: str = ""
@@ -90,9 +91,10 @@ class EmbedCore:
     def output_options(self, job: EmbedJob) -> OutputOptions:
         if job.dtype not in OUTPUT_DTYPES:
             raise InvalidInput(f"unknown output dtype {job.dtype!r}; one of {', '.join(OUTPUT_DTYPES)}")
-        if job.dimensions < 0 or job.dimensions > self.spec.dim:
-            raise InvalidInput(f"dimensions={job.dimensions} is outside 1..{self.spec.dim} (0 = full)")
-        return OutputOptions(job.normalize, job.dimensions if job.dimensions != self.spec.dim else 0, job.dtype)
+        dims = job.dimensions
+        if dims is not None and not 1 <= dims <= self.spec.dim:
+            raise InvalidInput(f"dimensions={dims} is outside 1..{self.spec.dim} (leave it unset for the full size)")
+        return OutputOptions(job.normalize, 0 if dims in (None, self.spec.dim) else dims, job.dtype)
 
     def tokenize_options(self, job: EmbedJob) -> TokenizeOptions:
         if job.prompt_name and job.prefix:

@@ -37,7 +37,7 @@ def job_from_request(request: pb.EmbedRequest) -> EmbedJob:
         request_id=request.request_id,
         model=request.model,
         normalize=o.normalize if o.HasField("normalize") else True,
-        dimensions=o.dimensions,
+        dimensions=o.dimensions if o.HasField("dimensions") else None,
         truncate=o.truncate if o.HasField("truncate") else True,
         truncate_left=o.truncation_side == pb.TRUNCATION_SIDE_LEFT,
         prompt_name=o.prompt_name,
