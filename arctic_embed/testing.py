@@ -17,7 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 _WORDS = ("the quick brown fox jumps over a lazy dog while embedding servers batch tokens across replicas "
           "latency throughput vector search retrieval ranking query document passage model gradient").split()
 _UNICODE = ["naïve café résumé", "日本語のテキストを埋め込む", "Ελληνικά κείμενα", "emoji 🚀🔥✨ mixed",
-            "русский текст для проверки", "עברית מימין לשמאל", "العربية أيضا", "한국어 문장입니다", "\u00a0nbsp\tand\ttabs"]
+            "русский текст для проверки",
+            "עברית מימין לשמאל", "العربية أيضا", "한국어 문장입니다", "\u00a0nbsp\tand\ttabs"]
 _CODE = ["def add(a, b):\n    return a + b\n", "SELECT id, name FROM users WHERE age > 21 ORDER BY name;",
          "for (int i = 0; i < n; ++i) { sum += x[i] * y[i]; }", "fn main() { println!(\"{}\", 42); }",
          "<div class=\"row\"><span>{{ value }}</span></div>", "{\"key\": [1, 2, 3], \"nested\": {\"a\": null}}"]
@@ -43,24 +44,16 @@ def varied_texts(n: int = 200, seed: int = 0) -> list[str]:
 
 
 def texts_of_token_length(tokenizer, n_tokens: int, count: int, seed: int = 0) -> list[str]:
-    """`count` texts that tokenize to exactly `n_tokens` tokens (special tokens included) with `tokenizer`
-    (a `tokenizers.Tokenizer` without padding/truncation)."""
+    """`count` distinct texts that tokenize to exactly `n_tokens` tokens (special tokens included) with `tokenizer`
+    (a `tokenizers.Tokenizer` without padding/truncation): words that are one token each, joined by spaces."""
     rng = random.Random(seed)
     special = len(tokenizer.encode("").ids)
+    single = [w for w in _WORDS if len(tokenizer.encode(w).ids) == special + 1]
     out: list[str] = []
-    while len(out) < count:
-        words = rng.choices(_WORDS, k=n_tokens)
-        for k in range(n_tokens, 0, -1):
-            text = " ".join(words[:k])
-            length = len(tokenizer.encode(text).ids)
-            if length == n_tokens:
-                out.append(text)
-                break
-            if length < n_tokens:
-                text += " a" * (n_tokens - length)
-                if len(tokenizer.encode(text).ids) == n_tokens:
-                    out.append(text)
-                break
+    for _ in range(count):
+        text = " ".join(rng.choices(single, k=n_tokens - special))
+        assert len(tokenizer.encode(text).ids) == n_tokens, text
+        out.append(text)
     return out
 
 
