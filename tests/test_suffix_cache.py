@@ -70,7 +70,7 @@ class RefCache:
 
 
 REQS = ["r0", "r1", "r2", "r3", "r4"]
-toks = st.lists(st.integers(0, 3), min_size=1, max_size=10)
+toks = st.lists(st.one_of(st.integers(0, 2), st.integers(0, 9)), min_size=1, max_size=10)
 spec_args = st.tuples(st.lists(st.integers(0, 3), max_size=12), st.integers(0, 8), st.sampled_from([1.0, 2.0]),
                       st.sampled_from([0.0, 1.0]), st.sampled_from([0.0, 0.1, 0.3]))
 cache_op = st.one_of(

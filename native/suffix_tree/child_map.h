@@ -28,7 +28,7 @@ class ChildMap {
 
   // Inserts or overwrites.
   void set(int32_t parent, int32_t token, int32_t child) {
-    if ((size_ + 1) * 4 > slots_.size() * 3) rehash(slots_.size() * 2);
+    if ((size_ + 1) * 2 > slots_.size()) rehash(slots_.size() * 2);
     const uint64_t key = pack(parent, token);
     size_t i = slot_of(key);
     for (;;) {

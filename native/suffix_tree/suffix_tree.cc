@@ -57,7 +57,7 @@ void SuffixTree::free_subtree(int32_t top) {
     const int32_t n = stack.back();
     stack.pop_back();
     for (int32_t c = nodes_[n].head_child; c >= 0; c = nodes_[c].next_sibling) {
-      children_.erase(n, nodes_[c].token);
+      map_erase(n, nodes_[c].token);
       stack.push_back(c);
     }
     free_node(n);
@@ -211,6 +211,34 @@ void SuffixTree::replace_in_siblings(int32_t old_n, int32_t new_n) {
   if (groups_[g].head == old_n) groups_[g].head = new_n;
   join_group(new_n, g);
   leave_group(old_n);
+}
+
+void SuffixTree::add_child(int32_t parent, int32_t child) {
+  Node& p = nodes_[parent];
+  if (p.num_children == 0) {
+    add_first_child(parent, child);
+  } else {
+    insert_after(child, p.tail_child);
+  }
+  const int32_t n = ++nodes_[parent].num_children;
+  if (n == kSmallNode + 1) {
+    for (int32_t c = nodes_[parent].head_child; c >= 0; c = nodes_[c].next_sibling) {
+      children_.set(parent, nodes_[c].token, c);
+    }
+  } else if (n > kSmallNode + 1) {
+    children_.set(parent, nodes_[child].token, child);
+  }
+}
+
+void SuffixTree::drop_child(int32_t parent, int32_t child) {
+  map_erase(parent, nodes_[child].token);
+  remove_from_siblings(child);
+  const int32_t n = --nodes_[parent].num_children;
+  if (n == kSmallNode) {
+    for (int32_t c = nodes_[parent].head_child; c >= 0; c = nodes_[c].next_sibling) {
+      children_.erase(parent, nodes_[c].token);
+    }
+  }
 }
 
 void SuffixTree::add_first_child(int32_t parent, int32_t child) {
@@ -393,20 +421,14 @@ void SuffixTree::append_slot(int32_t slot, int32_t token) {
   // Extend every active suffix (oldest first) by the new token.
   for (int32_t start = std::max(0, seq_len - max_depth_); start <= L; ++start) {
     const int32_t node = s.ep_node[start];
-    const int32_t child = nodes_[node].num_children ? children_.find(node, token) : -1;
+    const int32_t child = find_child(node, token);
     if (child < 0) {
       if (node != kRoot && nodes_[node].count == 1) {
         // Only this suffix reaches the node, so it is a leaf referencing this sequence: grow it in place.
         ++nodes_[node].length;
       } else {
         const int32_t nc = alloc_node(1, token, 1, slot, seq_len - 1, node);
-        children_.set(node, token, nc);
-        if (nodes_[node].num_children == 0) {
-          add_first_child(node, nc);
-        } else {
-          insert_after(nc, nodes_[node].tail_child);
-        }
-        ++nodes_[node].num_children;
+        add_child(node, nc);
         ep_move(slot, start, nc);
       }
     } else if (node != kRoot && nodes_[node].count == nodes_[child].count + 1) {
@@ -415,7 +437,6 @@ void SuffixTree::append_slot(int32_t slot, int32_t token) {
         // The grown suffix coincides with the child: fuse the node into the child.
         Node& c = nodes_[child];
         const Node& nd = nodes_[node];
-        children_.erase(node, token);
         c.count += 1;
         c.token = nd.token;
         c.length = nd.length + 1;
@@ -423,7 +444,7 @@ void SuffixTree::append_slot(int32_t slot, int32_t token) {
         c.ref_idx = seq_len - c.length;
         c.parent = nd.parent;
         replace_in_siblings(node, child);
-        children_.set(c.parent, c.token, child);
+        map_set(c.parent, c.token, child);
         ep_move(slot, start, child);
         free_node(node);
       } else {
@@ -435,11 +456,7 @@ void SuffixTree::append_slot(int32_t slot, int32_t token) {
         nd.ref_idx = seq_len - nd.length;
         c.length -= 1;
         c.ref_idx += 1;
-        c.token = seqs_[c.ref_seq].tokens[c.ref_idx];
-        if (c.token != token) {
-          children_.erase(node, token);
-          children_.set(node, c.token, child);
-        }
+        c.token = seqs_[c.ref_seq].tokens[c.ref_idx];  // the node has one child: no map entry to re-key
       }
     } else if (nodes_[child].length == 1) {
       ep_move(slot, start, child);
@@ -448,13 +465,12 @@ void SuffixTree::append_slot(int32_t slot, int32_t token) {
       // Split the child after its first token.
       const int32_t nn = alloc_node(nodes_[child].count, token, 1, slot, seq_len - 1, node);
       replace_in_siblings(child, nn);
-      children_.set(node, token, nn);
+      map_set(node, token, nn);
       Node& c = nodes_[child];
       c.length -= 1;
       c.ref_idx += 1;
       c.token = seqs_[c.ref_seq].tokens[c.ref_idx];
       c.parent = nn;
-      children_.set(nn, c.token, child);
       nodes_[nn].num_children = 1;
       add_first_child(nn, child);
       ep_move(slot, start, nn);
@@ -479,15 +495,13 @@ void SuffixTree::remove(int32_t seq_id) {
     path.clear();
     while (idx < len) {
       const int32_t tok = seq[idx];
-      const int32_t child = nodes_[node].num_children ? children_.find(node, tok) : -1;
+      const int32_t child = find_child(node, tok);
       if (child < 0) break;
       if (nodes_[child].count > 1) {
         decrement(child);
       } else {
         // Only this suffix reaches the child: drop it with its subtree.
-        remove_from_siblings(child);
-        children_.erase(node, tok);
-        --nodes_[node].num_children;
+        drop_child(node, child);
         free_subtree(child);
         break;
       }
@@ -501,13 +515,12 @@ void SuffixTree::remove(int32_t seq_id) {
       if (nodes_[node].count == nodes_[c].count) {
         Node& cn = nodes_[c];
         const Node& nd = nodes_[node];
-        children_.erase(node, cn.token);
         cn.token = nd.token;
         cn.length += nd.length;
         cn.ref_idx -= nd.length;
         cn.parent = nd.parent;
         replace_in_siblings(node, c);
-        children_.set(cn.parent, cn.token, c);
+        map_set(cn.parent, cn.token, c);
         free_node(node);
         node = c;
         path.back() = c;
@@ -584,7 +597,7 @@ Match SuffixTree::best_match(const int32_t* ctx, size_t n, const SpecParams& p) 
     for (int32_t i = 0; i < m; ++i) {
       const int32_t t = c[i];
       if (idx >= len) {
-        const int32_t child = nodes[node].num_children ? children_.find(node, t) : -1;
+        const int32_t child = find_child(node, t);
         if (child < 0) {
           ok = false;
           break;
@@ -675,7 +688,14 @@ std::string SuffixTree::check_node(int32_t n) const {
     ++listed;
     CHECK_OR_RETURN(listed <= nd.num_children);
     CHECK_OR_RETURN(cn.parent == n);
-    CHECK_OR_RETURN(children_.find(n, cn.token) == c);
+    CHECK_OR_RETURN(find_child(n, cn.token) == c);
+    if (nd.num_children > kSmallNode) {
+      CHECK_OR_RETURN(children_.find(n, cn.token) == c);
+    } else {
+      for (int32_t o = nd.head_child; o >= 0; o = nodes_[o].next_sibling) {
+        CHECK_OR_RETURN(o == c || nodes_[o].token != cn.token);
+      }
+    }
     CHECK_OR_RETURN(cn.prev_sibling == prev);
     CHECK_OR_RETURN(cn.group >= 0 && groups_[cn.group].members > 0);
     child_sum += cn.count;
@@ -732,6 +752,7 @@ std::string SuffixTree::check_integrity() const {
   std::vector<int32_t> stack{kRoot};
   std::vector<int32_t> group_members(groups_.size(), 0);
   int32_t reachable = 0;
+  size_t mapped = 0;
   while (!stack.empty()) {
     const int32_t n = stack.back();
     stack.pop_back();
@@ -739,10 +760,11 @@ std::string SuffixTree::check_integrity() const {
     std::string err = check_node(n);
     if (!err.empty()) return err;
     if (nodes_[n].group >= 0) ++group_members[nodes_[n].group];
+    if (nodes_[n].num_children > kSmallNode) mapped += static_cast<size_t>(nodes_[n].num_children);
     for (int32_t c = nodes_[n].head_child; c >= 0; c = nodes_[c].next_sibling) stack.push_back(c);
   }
   CHECK_OR_RETURN(reachable == num_nodes_);
-  CHECK_OR_RETURN(children_.size() == static_cast<size_t>(num_nodes_ - 1));
+  CHECK_OR_RETURN(children_.size() == mapped);
   for (size_t g = 0; g < groups_.size(); ++g) {
     if (group_members[g] > 0) CHECK_OR_RETURN(groups_[g].members == group_members[g]);
   }
@@ -763,7 +785,7 @@ std::string SuffixTree::check_integrity() const {
       ++visits[kRoot];
       int32_t idx = start;
       while (idx < end) {
-        const int32_t c = children_.find(node, s.tokens[idx]);
+        const int32_t c = find_child(node, s.tokens[idx]);
         CHECK_OR_RETURN(c >= 0);
         node = c;
         ++visits[node];

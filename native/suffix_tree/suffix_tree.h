@@ -111,6 +111,27 @@ class SuffixTree {
   };
 
   static constexpr int32_t kRoot = 0;
+  // Children of a node with at most this many children are found by scanning its sibling list (the nodes are
+  // touched next anyway); only larger nodes keep their children in the hash map. Most nodes are small, so most
+  // lookups, inserts and re-keyings never touch the map.
+  static constexpr int32_t kSmallNode = 4;
+
+  int32_t find_child(int32_t n, int32_t token) const {
+    const Node& nd = nodes_[n];
+    if (nd.num_children > kSmallNode) return children_.find(n, token);
+    for (int32_t c = nd.head_child; c >= 0; c = nodes_[c].next_sibling) {
+      if (nodes_[c].token == token) return c;
+    }
+    return -1;
+  }
+  void map_set(int32_t parent, int32_t token, int32_t child) {
+    if (nodes_[parent].num_children > kSmallNode) children_.set(parent, token, child);
+  }
+  void map_erase(int32_t parent, int32_t token) {
+    if (nodes_[parent].num_children > kSmallNode) children_.erase(parent, token);
+  }
+  void add_child(int32_t parent, int32_t child);     // at the end of the sibling list
+  void drop_child(int32_t parent, int32_t child);    // unlink (the caller frees the subtree)
 
   int32_t alloc_node(int32_t count, int32_t token, int32_t length, int32_t ref_seq, int32_t ref_idx,
                      int32_t parent);
