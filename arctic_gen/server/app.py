@@ -1,0 +1,102 @@
+"""Server assembly: AsyncLLM + GenerationCore + gRPC (Generate, health, reflection) on one port, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from arctic_gen.server.core import EngineStats, GenerationCore
+from arctic_gen.server.servicer import ErrorInterceptor, GenerateServicer
+from arctic_protos.arctic.gen.v1 import generate_pb2, generate_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = generate_pb2.DESCRIPTOR.services_by_name["GenerateService"].full_name
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Transport options of `arctic-gen serve` (engine options are vLLM's AsyncEngineArgs)."""
+
+    host: str = "0.0.0.0"
+    """Interface to listen on."""
+    port: int = 50051
+    """gRPC port; 0 = any free port (the bound port is printed)."""
+    max_concurrent_streams: int = 256
+    """Generate streams in flight before new ones get RESOURCE_EXHAUSTED."""
+    grace_period_s: float = 5.0
+    """On SIGTERM/SIGINT: health NOT_SERVING, then this long for running streams before they are cancelled."""
+    max_message_bytes: int = 16 * 2**20
+    """Largest request/response message."""
+
+
+class GenerateServer:
+    """Owns the engine, the core and the gRPC server."""
+
+    def __init__(self, engine: Any, core: GenerationCore, config: ServerConfig) -> None:
+        self.engine, self.core, self.config = engine, core, config
+        self.health = health.aio.HealthServicer()
+        options = [("grpc.max_receive_message_length", config.max_message_bytes),
+                   ("grpc.max_send_message_length", config.max_message_bytes),
+                   ("grpc.so_reuseport", 0)]
+        self.server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
+        generate_pb2_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(core), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server)
+        self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
+        self._watch: asyncio.Task | None = None
+
+    @classmethod
+    def from_engine_args(cls, engine_args: Any, config: ServerConfig) -> GenerateServer:
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        stats = EngineStats()
+        engine = AsyncLLM.from_engine_args(engine_args, usage_context=UsageContext.OPENAI_API_SERVER,
+                                           stat_loggers=[stats.stat_logger_factory()])
+        core = GenerationCore(engine, max_concurrent_streams=config.max_concurrent_streams, stats=stats)
+        return cls(engine, core, config)
+
+    async def start(self) -> None:
+        await self.server.start()
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._watch = asyncio.create_task(self._watch_engine())
+
+    async def _watch_engine(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self.engine.errored:
+                logger.error("engine is dead: reporting NOT_SERVING")
+                for service in ("", SERVICE_NAME):
+                    await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+                return
+
+    async def stop(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.config.grace_period_s)
+        if self._watch is not None:
+            self._watch.cancel()
+        self.engine.shutdown()
+
+
+async def serve(engine_args: Any, config: ServerConfig) -> None:
+    """Run until SIGINT/SIGTERM."""
+    server = GenerateServer.from_engine_args(engine_args, config)
+    await server.start()
+    print(f"arctic-gen: serving {server.core.model_config.model} on {config.host}:{server.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
