@@ -24,7 +24,8 @@ from arctic_embed.model_files import ModelSpec
 class VllmPoolingEngine:
     name = "vllm"
 
-    def __init__(self) -> None:
+    def __init__(self, kv_cache_bytes: int = 64 * 2**20) -> None:
+        self._kv_cache_bytes = kv_cache_bytes
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-loop", daemon=True)
         self._ids = itertools.count()
@@ -33,8 +34,7 @@ class VllmPoolingEngine:
         self._dtype = "auto"
         self._device = "cpu"
 
-    def load(self, spec: ModelSpec, device: str, dtype: str, threads: int = 0, kv_cache_bytes: int = 64 * 2**20,
-             ) -> None:
+    def load(self, spec: ModelSpec, device: str, dtype: str, threads: int = 0) -> None:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         if threads > 0 and device == "cpu":
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
@@ -47,7 +47,7 @@ class VllmPoolingEngine:
         self._dtype = "float32" if dtype == "auto" and device == "cpu" else dtype
         args = AsyncEngineArgs(model=str(spec.path), runner="pooling", dtype=self._dtype,
                                max_model_len=spec.max_input_tokens, enforce_eager=device == "cpu",
-                               kv_cache_memory_bytes=kv_cache_bytes, disable_log_stats=True)
+                               kv_cache_memory_bytes=self._kv_cache_bytes, disable_log_stats=True)
         self._thread.start()
         self._llm = self._call(self._create(AsyncLLM, args))
         fields = inspect.signature(PoolingParams).parameters
