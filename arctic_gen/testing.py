@@ -190,6 +190,90 @@ def smollm2() -> Path:
     return _build_once("smollm2-135m-instruct-v1", _build_smollm2)
 
 
+# --- a served model and an offline reference, each in its own process ------------------------------------------
+
+
+class GenServer:
+    """`arctic-gen serve` in a subprocess on a free port (started by `start_gen_server`)."""
+
+    def __init__(self, process: subprocess.Popen, port: int, log_path: Path) -> None:
+        self.process, self.port, self.log_path = process, port, log_path
+
+    @property
+    def target(self) -> str:
+        return f"localhost:{self.port}"
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_gen_server(model: str | os.PathLike, args: list[str], log_path: str | os.PathLike,
+                     timeout_s: float = 300.0) -> GenServer:
+    """Start `arctic-gen serve --model MODEL --port 0 ARGS` and wait for its "serving" line."""
+    import re
+    import time
+
+    cpu_vllm_env()
+    log_path = Path(log_path)
+    log = open(log_path, "wb")
+    cmd = [sys.executable, "-m", "arctic_gen.server.cli", "serve", "--model", str(model), "--host", "127.0.0.1",
+           "--port", "0", *args]
+    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        match = re.search(rb"arctic-gen: serving .* on [^ ]+:(\d+)", log_path.read_bytes())
+        if match:
+            return GenServer(process, int(match.group(1)), log_path)
+        if process.poll() is not None:
+            break
+        time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"arctic-gen serve did not start; log tail:\n{log_path.read_text(errors='replace')[-4000:]}")
+
+
+def reference_generate(model: str | os.PathLike, prompts: list[str], max_tokens: int,
+                       engine_kwargs: dict | None = None, timeout_s: float = 600.0) -> list[dict]:
+    """Greedy `LLM.generate` of text prompts in a fresh process: [{"token_ids": [...], "text": ...}, ...]."""
+    import json
+
+    cpu_vllm_env()
+    job = {"model": str(model), "prompts": prompts, "max_tokens": max_tokens, "engine_kwargs": engine_kwargs or {}}
+    out = subprocess.run([sys.executable, "-m", "arctic_gen.testing", "reference"], input=json.dumps(job),
+                         capture_output=True, text=True, timeout=timeout_s, env=dict(os.environ))
+    if out.returncode != 0:
+        raise RuntimeError(f"reference generation failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _reference_main() -> None:
+    import json
+
+    job = json.loads(sys.stdin.read())
+    from vllm import LLM, SamplingParams
+
+    kwargs = {"dtype": "float32", "max_model_len": 512, "kv_cache_memory_bytes": 64 * 2**20, "enforce_eager": True,
+              **job["engine_kwargs"]}
+    llm = LLM(model=job["model"], **kwargs)
+    params = SamplingParams(temperature=0.0, max_tokens=job["max_tokens"], ignore_eos=True)
+    outputs = llm.generate(job["prompts"], params, use_tqdm=False)
+    rows = [{"token_ids": list(o.outputs[0].token_ids), "text": o.outputs[0].text} for o in outputs]
+    print(json.dumps(rows), flush=True)
+
+
 if __name__ == "__main__":
-    for build in (tiny_llama, smollm2):
-        print(build())
+    if sys.argv[1:] == ["reference"]:
+        cpu_vllm_env()
+        _reference_main()
+    else:
+        for build in (tiny_llama, smollm2):
+            print(build())
