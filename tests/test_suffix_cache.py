@@ -24,6 +24,7 @@ class RefCache:
         self.max_tokens = max_tokens
         self.glob = RefSuffixTree(depth)
         self.local: dict[Hashable, RefSuffixTree] = {}
+        self.history: dict[Hashable, list[int]] = {}
         self.seqs: dict[Hashable, int] = {}
         self.next_seq = 0
 
@@ -31,6 +32,7 @@ class RefCache:
         tree = RefSuffixTree(self.depth)
         tree.extend(0, prompt)
         self.local[req] = tree
+        self.history[req] = list(prompt)
         if self.max_requests == 0:
             return
         if req in self.seqs:
@@ -42,6 +44,7 @@ class RefCache:
 
     def add(self, req: Hashable, toks: Sequence[int], evict: bool = True) -> None:
         self.local[req].extend(0, toks)
+        self.history[req] += list(toks)
         if req in self.seqs:
             self.glob.extend(self.seqs[req], toks)
         if evict:
@@ -79,6 +82,8 @@ cache_op = st.one_of(
     st.tuples(st.just("stop"), st.sampled_from(REQS)),
     st.tuples(st.just("evict"), st.sampled_from(REQS)),
     st.tuples(st.just("spec"), st.sampled_from(REQS), spec_args),
+    # The usual case: the context is the tail of the request's own history (the trees' fast path).
+    st.tuples(st.just("spec_tail"), st.sampled_from(REQS), st.integers(0, 12), spec_args),
     st.tuples(st.just("batch_add"), st.lists(st.sampled_from(REQS), min_size=1, max_size=3, unique=True),
               st.lists(toks, min_size=3, max_size=3)),
 )
@@ -130,6 +135,14 @@ def test_cache_matches_reference(depth: int, max_requests: int, max_tokens: int,
                 continue
             cache.evict_cached_response(req)
             ref.evict(req)
+        elif kind == "spec_tail":
+            if not active:
+                continue
+            hist = ref.history[req]
+            ctx = hist[max(0, len(hist) - o[2]):] if o[2] else []
+            args = (ctx, *o[3][1:])
+            assert same(cache.speculate(req, np.asarray(ctx, dtype=np.int32), *args[1:]), ref.speculate(req, *args)), o
+            continue
         else:
             if not active:
                 with pytest.raises(ValueError):

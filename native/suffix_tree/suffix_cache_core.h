@@ -30,6 +30,8 @@ class SuffixCacheCore {
     if (locals_[slot]) throw std::invalid_argument("slot " + std::to_string(slot) + " is already active");
     locals_[slot] = std::make_unique<SuffixTree>(max_depth_, /*removable=*/false);
     locals_[slot]->extend(0, prompt, n);
+    if (seq_of_.size() < locals_.size()) seq_of_.resize(locals_.size(), -1);
+    seq_of_[slot] = -1;
   }
 
   void stop(int32_t slot) {
@@ -50,6 +52,7 @@ class SuffixCacheCore {
   void append(int32_t slot, int32_t global_seq, const int32_t* tokens, size_t n) {
     local(slot).extend(0, tokens, n);
     if (global_seq >= 0) global_.extend(global_seq, tokens, n);
+    seq_of_[slot] = global_seq;
   }
 
   // Best draft over the request's own tree and the global tree (the request's tree wins ties).
@@ -61,8 +64,10 @@ class SuffixCacheCore {
       ctx += n - static_cast<size_t>(max_depth_);
       n = static_cast<size_t>(max_depth_);
     }
-    const Match a = loc.best_match(ctx, n, p);
-    const Match b = global_.num_tokens() ? global_.best_match(ctx, n, p) : Match{};
+    // The context is normally the tail of the request's own sequence (local sequence 0, and its response in the
+    // global tree): the trees then find the matches without walking from the root.
+    const Match a = loc.best_match_tail(0, ctx, n, p);
+    const Match b = global_.num_tokens() ? global_.best_match_tail(seq_of_[slot], ctx, n, p) : Match{};
     const bool use_local = a.score >= b.score;
     const Match& m = use_local ? a : b;
     *out_score = m.score;
@@ -74,6 +79,7 @@ class SuffixCacheCore {
   int32_t max_depth_;
   SuffixTree global_;
   std::vector<std::unique_ptr<SuffixTree>> locals_;
+  std::vector<int32_t> seq_of_;  // global sequence the slot last appended to (-1: none)
 };
 
 }  // namespace arctic_suffix

@@ -584,44 +584,82 @@ float SuffixTree::path_score(int32_t node, int32_t idx, int32_t max_tokens, floa
   return score;
 }
 
-Match SuffixTree::best_match(const int32_t* ctx, size_t n, const SpecParams& p) const {
-  Match best;
+bool SuffixTree::match_from_root(const int32_t* ctx, size_t n, int32_t m, int32_t* out_node,
+                                 int32_t* out_idx) const {
+  const int32_t* c = ctx + (n - static_cast<size_t>(m));
   const Node* nodes = nodes_.data();
-  for (int32_t m = 1; static_cast<size_t>(m) < n; ++m) {
-    const int32_t* c = ctx + (n - static_cast<size_t>(m));
-    int32_t node = kRoot;
-    int32_t idx = 0;
-    int32_t len = 0;
-    const int32_t* ref = nullptr;
-    bool ok = true;
-    for (int32_t i = 0; i < m; ++i) {
-      const int32_t t = c[i];
-      if (idx >= len) {
-        const int32_t child = find_child(node, t);
-        if (child < 0) {
-          ok = false;
-          break;
-        }
-        node = child;
-        ref = ref_ptr(nodes[node]);
-        len = nodes[node].length;
-        idx = 1;  // the first token of a child is its key
-        continue;
-      }
-      if (ref[idx] != t) {
-        ok = false;
-        break;
-      }
-      ++idx;
+  int32_t node = kRoot;
+  int32_t idx = 0;
+  int32_t len = 0;
+  const int32_t* ref = nullptr;
+  for (int32_t i = 0; i < m; ++i) {
+    const int32_t t = c[i];
+    if (idx >= len) {
+      const int32_t child = find_child(node, t);
+      if (child < 0) return false;
+      node = child;
+      ref = ref_ptr(nodes[node]);
+      len = nodes[node].length;
+      idx = 1;  // the first token of a child is its key
+      continue;
     }
-    if (!ok) break;
+    if (ref[idx] != t) return false;
+    ++idx;
+  }
+  *out_node = node;
+  *out_idx = idx;
+  return true;
+}
+
+Match SuffixTree::best_match_tail(int32_t seq_id, const int32_t* ctx, size_t n, const SpecParams& p) const {
+  // Candidates are the suffixes ctx[n-m:] for m = 1 .. n-1, shortest first, up to the first one that is absent
+  // (if ctx[n-m:] is absent so is every longer one). The best score wins; ties go to the longer match.
+  Match best;
+  if (n < 2) return best;
+  const int32_t max_m = static_cast<int32_t>(std::min<size_t>(n - 1, static_cast<size_t>(max_depth_)));
+  // Matches that are tails of the hinted sequence: their end nodes are that sequence's endpoints.
+  int32_t tail = 0;
+  const Seq* seq = nullptr;
+  if (seq_id >= 0) {
+    auto it = seq_slot_.find(seq_id);
+    if (it != seq_slot_.end()) {
+      seq = &seqs_[it->second];
+      const int32_t len = static_cast<int32_t>(seq->tokens.size());
+      const int32_t* st = seq->tokens.data();
+      const int32_t lim = std::min(max_m, len);
+      while (tail < lim && st[len - 1 - tail] == ctx[n - 1 - static_cast<size_t>(tail)]) ++tail;
+    }
+  }
+  thread_local std::vector<int32_t> nodes_at, idx_at;
+  nodes_at.resize(static_cast<size_t>(max_m) + 1);
+  idx_at.resize(static_cast<size_t>(max_m) + 1);
+  int32_t longest = 0;
+  for (int32_t m = 1; m <= max_m; ++m) {
+    if (m <= tail) {
+      const int32_t node = seq->ep_node[seq->tokens.size() - static_cast<size_t>(m)];
+      nodes_at[m] = node;
+      idx_at[m] = nodes_[node].length;
+    } else if (!match_from_root(ctx, n, m, &nodes_at[m], &idx_at[m])) {
+      break;
+    }
+    longest = m;
+  }
+  // Longest first: a shorter match must score strictly higher, and it cannot score more than it may draft.
+  for (int32_t m = longest; m >= 1; --m) {
     int32_t max_tokens =
         std::min(p.max_spec_tokens, static_cast<int32_t>(m * p.max_spec_factor + p.max_spec_offset + 1e-6));
     max_tokens = std::max(max_tokens, 0);
-    const float score = path_score(node, idx, max_tokens, p.min_token_prob);
-    if (score >= best.score) {
-      best.node = node;
-      best.idx = idx;
+    if (m < longest) {
+      if (static_cast<float>(max_tokens) <= best.score) {
+        if (p.max_spec_factor >= 0.0f) break;  // max_tokens only shrinks with m
+        continue;
+      }
+      if (static_cast<float>(max_depth_ - m) <= best.score) continue;  // paths end at depth max_depth
+    }
+    const float score = path_score(nodes_at[m], idx_at[m], max_tokens, p.min_token_prob);
+    if (m == longest || score > best.score) {
+      best.node = nodes_at[m];
+      best.idx = idx_at[m];
       best.match_len = m;
       best.max_tokens = max_tokens;
       best.score = score;

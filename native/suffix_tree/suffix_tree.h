@@ -67,7 +67,11 @@ class SuffixTree {
 
   // Tries every suffix of `ctx` (shortest first, stopping at the first that is absent) and returns where the
   // best-scoring draft starts; ties go to the longer match.
-  Match best_match(const int32_t* ctx, size_t n, const SpecParams& p) const;
+  Match best_match(const int32_t* ctx, size_t n, const SpecParams& p) const { return best_match_tail(-1, ctx, n, p); }
+  // Same result as best_match. When `seq_id` is a sequence of this tree whose last tokens equal the last tokens
+  // of ctx (a request drafting from its own history), the nodes of those matches are read from the sequence's
+  // endpoint array instead of walking from the root.
+  Match best_match_tail(int32_t seq_id, const int32_t* ctx, size_t n, const SpecParams& p) const;
   // Writes the draft for `m` into out_tokens/out_probs (capacity m.max_tokens); returns its length.
   int32_t write_draft(const Match& m, float min_token_prob, int32_t* out_tokens, float* out_probs) const;
   Draft speculate(const int32_t* ctx, size_t n, const SpecParams& p) const;
@@ -157,6 +161,8 @@ class SuffixTree {
   int32_t slot_for(int32_t seq_id);
   const int32_t* ref_ptr(const Node& n) const { return seqs_[n.ref_seq].tokens.data() + n.ref_idx; }
   float path_score(int32_t node, int32_t idx, int32_t max_tokens, float min_prob) const;
+  // Walks ctx[n-m:] from the root; false if it is not in the tree.
+  bool match_from_root(const int32_t* ctx, size_t n, int32_t m, int32_t* node, int32_t* idx) const;
   std::string check_node(int32_t n) const;
 
   int32_t max_depth_;
