@@ -275,6 +275,19 @@ def test_default_engine_config_is_untouched_and_arctic_options_travel(plugged, m
 
 
 @pytest.mark.vllm
+def test_unavailable_method_is_rejected_at_start_up(plugged, model_dir, monkeypatch) -> None:
+    from arctic_gen.patches import engine_args as patch
+
+    EngineArgs, _ = plugged
+    monkeypatch.setitem(patch.PROPOSERS, "arctic", "arctic_gen_not_built_yet.Proposer")
+    args = EngineArgs(model=model_dir, max_model_len=256, kv_cache_memory_bytes=32 * 2**20, speculative_config={
+        "method": "arctic", "model": "/spec", "num_speculative_tokens": 3, "enable_suffix_decoding": True})
+    with pytest.raises(ConfigError, match="^speculative_config.method='arctic'"):
+        args.create_engine_config()
+    assert args.speculative_config["method"] == "arctic"  # the user's config is left as it was
+
+
+@pytest.mark.vllm
 def test_vllm_plugins_env_excludes_the_plugin() -> None:
     code = ("import vllm.plugins; vllm.plugins.load_general_plugins(); import arctic_gen.plugin as p; "
             "print(p.is_registered())")
