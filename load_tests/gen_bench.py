@@ -4,10 +4,11 @@ same engine arguments, same run.
     python load_tests/gen_bench.py [--model DIR] [--streams 1 16] [--max-tokens 128] [--requests-per-stream 3]
                                    [--engine-args "--dtype bfloat16 ..."] [--out load_tests/results/gen_YYYYMMDD.json]
 
-Each server is started in turn (never both at once: on a small machine they would share cores), warmed up, then
-driven at each stream count: S workers, each sending its requests one after another (streaming, greedy,
-ignore_eos, exactly max_tokens tokens each). tokens/s = all output tokens / wall time of the level; TTFT = client
-send to the first message carrying a token. Default model: SmolLM2-135M-Instruct (arctic_gen.testing.smollm2).
+Both servers are started, warmed up, then measured one at a time in rounds that alternate their order (on a
+shared machine the load drifts; medians over rounds are reported). At each stream count S, S workers each send
+their requests one after another (streaming, greedy, ignore_eos, exactly max_tokens tokens each).
+tokens/s = all output tokens / wall time of the level; TTFT = client send to the first message carrying a token.
+Default model: SmolLM2-135M-Instruct (arctic_gen.testing.smollm2).
 Rows with keys server, streams, tokens_per_s, ttft_p50_ms, model, commit (plus context) are appended to the JSON
 file, and one line per run to load_tests/results/README.md.
 """
@@ -18,6 +19,7 @@ import argparse
 import asyncio
 import datetime
 import json
+import math
 import os
 import platform
 import re
@@ -132,52 +134,63 @@ async def drive(send, streams: int, requests_per_stream: int) -> dict:
     await asyncio.gather(*(worker(w) for w in range(streams)))
     wall = time.perf_counter() - start
     return {"tokens_per_s": round(total / wall, 1), "ttft_p50_ms": round(statistics.median(ttfts) * 1e3, 1),
-            "ttft_p90_ms": round(sorted(ttfts)[int(0.9 * (len(ttfts) - 1))] * 1e3, 1), "output_tokens": total,
-            "requests": len(ttfts), "wall_s": round(wall, 2)}
+            "ttft_p90_ms": round(sorted(ttfts)[max(math.ceil(0.9 * len(ttfts)) - 1, 0)] * 1e3, 1),
+            "output_tokens": total, "requests": len(ttfts), "wall_s": round(wall, 2)}
 
 
-def bench_grpc(model: str, engine_args: list[str], args, logdir: Path) -> list[dict]:
-    from arctic_gen.client import AsyncGenerateClient
-
+def start_grpc(model: str, engine_args: list[str], logdir: Path) -> tuple[Proc, str]:
     port = _free_port()
     proc = Proc([sys.executable, "-m", "arctic_gen.server.cli", "serve", "--model", model, "--host", "127.0.0.1",
                  "--port", str(port), *engine_args], logdir / "grpc_server.log", r"arctic-gen: serving")
-    try:
-        async def run() -> list[dict]:
-            async with AsyncGenerateClient(f"127.0.0.1:{port}", timeout=600) as client:
-                async def send(prompt: str):
-                    return await grpc_request(client, prompt, args.max_tokens)
-
-                await drive(send, 2, 1)  # warm-up
-                return [{"streams": s, **await drive(send, s, args.requests_per_stream)} for s in args.streams]
-
-        return asyncio.run(run())
-    finally:
-        proc.stop()
+    return proc, f"127.0.0.1:{port}"
 
 
-def bench_openai(model: str, engine_args: list[str], args, logdir: Path) -> list[dict]:
-    import aiohttp
-
+def start_openai(model: str, engine_args: list[str], logdir: Path) -> tuple[Proc, str]:
     port = _free_port()
     proc = Proc([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", "127.0.0.1",
                  "--port", str(port), "--disable-uvicorn-access-log", *engine_args], logdir / "openai_server.log",
                 r"Application startup complete|Uvicorn running")
+    return proc, f"http://127.0.0.1:{port}/v1/completions"
+
+
+async def measure(servers: dict[str, str], model: str, args) -> list[dict]:
+    """Rounds of (stream level x server), the server order alternating per round; medians over rounds."""
+    import aiohttp
+
+    from arctic_gen.client import AsyncGenerateClient
+
+    senders = {}
+    grpc_client = AsyncGenerateClient(servers["grpc"], timeout=600) if "grpc" in servers else None
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) if "openai" in servers else None
+    if grpc_client is not None:
+        senders["grpc"] = lambda prompt: grpc_request(grpc_client, prompt, args.max_tokens)
+    if session is not None:
+        senders["openai"] = lambda prompt: openai_request(session, servers["openai"], model, prompt, args.max_tokens)
     try:
-        async def run() -> list[dict]:
-            timeout = aiohttp.ClientTimeout(total=600)
-            async with aiohttp.ClientSession(timeout=timeout) as session:
-                url = f"http://127.0.0.1:{port}/v1/completions"
-
-                async def send(prompt: str):
-                    return await openai_request(session, url, model, prompt, args.max_tokens)
-
-                await drive(send, 2, 1)
-                return [{"streams": s, **await drive(send, s, args.requests_per_stream)} for s in args.streams]
-
-        return asyncio.run(run())
+        for send in senders.values():
+            await drive(send, 2, 1)  # warm-up
+        samples: dict[tuple[str, int], list[dict]] = {}
+        for r in range(args.rounds):
+            for streams in args.streams:
+                order = list(senders) if r % 2 == 0 else list(reversed(senders))
+                for name in order:
+                    result = await drive(senders[name], streams, args.requests_per_stream)
+                    print(f"round {r} {name}@{streams}: {result}", flush=True)
+                    samples.setdefault((name, streams), []).append(result)
     finally:
-        proc.stop()
+        if grpc_client is not None:
+            await grpc_client.close()
+        if session is not None:
+            await session.close()
+    rows = []
+    for (name, streams), results in samples.items():
+        rows.append({"server": name, "streams": streams,
+                     "tokens_per_s": statistics.median(x["tokens_per_s"] for x in results),
+                     "ttft_p50_ms": statistics.median(x["ttft_p50_ms"] for x in results),
+                     "ttft_p90_ms": statistics.median(x["ttft_p90_ms"] for x in results),
+                     "rounds": len(results), "requests_per_round": results[0]["requests"],
+                     "tokens_per_s_all": [x["tokens_per_s"] for x in results]})
+    return rows
 
 
 def main() -> None:
@@ -185,7 +198,8 @@ def main() -> None:
     parser.add_argument("--model", help="model directory (default: SmolLM2-135M-Instruct from arctic_gen.testing)")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--requests-per-stream", type=int, default=3)
+    parser.add_argument("--requests-per-stream", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per (server, streams); medians reported")
     parser.add_argument("--engine-args", default="--dtype bfloat16 --max-model-len 1024 --kv-cache-memory-bytes "
                         f"{256 * 2**20} --enforce-eager", help="vLLM engine arguments given to both servers")
     parser.add_argument("--servers", nargs="+", default=["grpc", "openai"], choices=["grpc", "openai"])
@@ -206,16 +220,24 @@ def main() -> None:
     import vllm
 
     commit = _commit()
+    procs, servers = [], {}
+    try:
+        for name in args.servers:  # both up at once; measured one at a time (an idle vLLM server costs no CPU)
+            proc, target = (start_grpc if name == "grpc" else start_openai)(model, engine_args, logdir)
+            procs.append(proc)
+            servers[name] = target
+        results = asyncio.run(measure(servers, model, args))
+    finally:
+        for proc in procs:
+            proc.stop()
     rows = []
-    for server in args.servers:
-        bench = bench_grpc if server == "grpc" else bench_openai
-        for result in bench(model, engine_args, args, logdir):
-            row = {"server": server, "streams": result.pop("streams"), "tokens_per_s": result.pop("tokens_per_s"),
-                   "ttft_p50_ms": result.pop("ttft_p50_ms"), "model": Path(model).name, "commit": commit,
-                   "max_tokens": args.max_tokens, "vllm": vllm.__version__, "engine_args": args.engine_args,
-                   "machine": args.machine, **result}
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+    for result in sorted(results, key=lambda x: (x["streams"], x["server"])):
+        row = {"server": result.pop("server"), "streams": result.pop("streams"),
+               "tokens_per_s": result.pop("tokens_per_s"), "ttft_p50_ms": result.pop("ttft_p50_ms"),
+               "model": Path(model).name, "commit": commit, "max_tokens": args.max_tokens, "vllm": vllm.__version__,
+               "engine_args": args.engine_args, "machine": args.machine, **result}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
 
     today = datetime.date.today().strftime("%Y%m%d")
     out = args.out or RESULTS / f"gen_{today}.json"
