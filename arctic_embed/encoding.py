@@ -87,8 +87,26 @@ class EncodedBatch:
     scales: list[memoryview | None]
 
 
-def encode_batch(embeddings: torch.Tensor, groups: list[tuple[int, int, OutputOptions]]) -> EncodedBatch:
-    """Encode row ranges [start, end) of `embeddings` with their options; one host copy for everything."""
+@dataclass
+class PendingBatch:
+    """An encoded batch whose device→host copy may still be running; `result()` waits for it."""
+
+    host: torch.Tensor
+    event: torch.cuda.Event | None
+    group_offsets: list[int]
+    scale_spans: list[tuple[int, int] | None]
+
+    def result(self) -> EncodedBatch:
+        if self.event is not None:
+            self.event.synchronize()
+        view = memoryview(self.host.numpy()).cast("B")
+        scales = [None if span is None else view[span[0]:span[1]] for span in self.scale_spans]
+        return EncodedBatch(view, self.group_offsets, scales)
+
+
+def encode_batch_async(embeddings: torch.Tensor, groups: list[tuple[int, int, OutputOptions]]) -> PendingBatch:
+    """Encode row ranges [start, end) of `embeddings` with their options into one buffer and start ONE copy to the
+    host (pinned, asynchronous on CUDA), so the caller can launch the next batch while this one finishes."""
     blocks: list[torch.Tensor] = []
     scale_blocks: list[torch.Tensor] = []
     scale_slots: list[int | None] = []
@@ -99,19 +117,26 @@ def encode_batch(embeddings: torch.Tensor, groups: list[tuple[int, int, OutputOp
             scale_slots.append(None)
         else:
             scale_slots.append(len(scale_blocks))
-            scale_blocks.append(scales.float())
+            scale_blocks.append(scales.float().contiguous())
     flat = torch.cat(blocks + [s.view(torch.uint8) for s in scale_blocks])
-    host = flat.cpu().numpy() if flat.device.type != "cpu" else flat.numpy()
-    view = memoryview(host).cast("B")
     offsets = [0]
     for block in blocks:
         offsets.append(offsets[-1] + block.numel())
-    scale_views: list[memoryview | None] = []
+    spans: list[tuple[int, int]] = []
     cursor = offsets[-1]
-    scale_spans = []
     for block in scale_blocks:
-        scale_spans.append((cursor, cursor + block.numel() * 4))
+        spans.append((cursor, cursor + block.numel() * 4))
         cursor += block.numel() * 4
-    for slot in scale_slots:
-        scale_views.append(None if slot is None else view[scale_spans[slot][0]:scale_spans[slot][1]])
-    return EncodedBatch(view, offsets, scale_views)
+    scale_spans = [None if slot is None else spans[slot] for slot in scale_slots]
+    if flat.device.type != "cuda":
+        return PendingBatch(flat, None, offsets, scale_spans)
+    host = torch.empty(flat.shape, dtype=torch.uint8, pin_memory=True)
+    host.copy_(flat, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return PendingBatch(host, event, offsets, scale_spans)
+
+
+def encode_batch(embeddings: torch.Tensor, groups: list[tuple[int, int, OutputOptions]]) -> EncodedBatch:
+    """`encode_batch_async` and wait: one host copy for the whole batch."""
+    return encode_batch_async(embeddings, groups).result()

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,13 +19,14 @@ import numpy as np
 
 from arctic_embed.batching import BatchSlice, TokenBudgetQueue, WorkItem
 from arctic_embed.config import ReplicaConfig
-from arctic_embed.encoding import EncodedBatch, OutputOptions, encode_batch
+from arctic_embed.encoding import EncodedBatch, OutputOptions, PendingBatch, encode_batch_async
 from arctic_embed.engines import Engine, create_engine
 from arctic_embed.ipc import Frame, FrameSocket, Kind
 from arctic_embed.model_files import read_model_spec
 from arctic_embed.workers import worker_socket
 
 log = logging.getLogger("arctic_embed.replica")
+PIPELINE_DEPTH = 2
 
 
 @dataclass
@@ -81,12 +83,22 @@ class Replica:
 
     # ----------------------------------------------------------------------------------------------- batches
     def run(self) -> None:
+        """Launch batches back to back; a completion thread waits for each one's host copy and replies.
+
+        On a GPU this keeps the device fed: batch N+1 is packed, copied and launched while batch N still runs.
+        The completion queue is bounded, so at most PIPELINE_DEPTH batches are in flight."""
+        launched: queue.Queue[tuple[list[BatchSlice], PendingBatch, int] | None] = queue.Queue(PIPELINE_DEPTH)
+        completer = threading.Thread(target=self._complete_loop, args=(launched,), name="replica-complete",
+                                     daemon=True)
+        completer.start()
         while not self._stopping.is_set():
             batch = self._queue.take(timeout_s=0.5)
             if batch:
-                self._run_batch(batch)
+                self._launch(batch, launched)
+        launched.put(None)
+        completer.join(30)
 
-    def _run_batch(self, batch: list[BatchSlice]) -> None:
+    def _launch(self, batch: list[BatchSlice], launched: queue.Queue) -> None:
         started = time.perf_counter_ns()
         ids = np.concatenate([s.item.ids[s.item.offsets[s.start]:s.item.offsets[s.end]] for s in batch])
         lengths = np.concatenate([s.item.lengths[s.start:s.end] for s in batch])
@@ -96,14 +108,27 @@ class Replica:
             groups.append((row, row + s.end - s.start, s.item.options))
             row += s.end - s.start
         try:
-            encoded = encode_batch(self._engine.embed(ids, lengths), groups)
+            pending = encode_batch_async(self._engine.embed(ids, lengths), groups)
         except Exception as exc:  # the batch fails, the replica lives on
             log.exception("engine failed on a batch of %d sequences", lengths.size)
-            for s in batch:
-                self._fail(s.item.work_id, exc)
+            self._fail_batch(batch, exc)
             return
-        elapsed = time.perf_counter_ns() - started
-        self._collect(batch, encoded, elapsed)
+        launched.put((batch, pending, started))
+
+    def _complete_loop(self, launched: queue.Queue) -> None:
+        while (entry := launched.get()) is not None:
+            batch, pending, started = entry
+            try:
+                encoded = pending.result()
+            except Exception as exc:
+                log.exception("batch failed on the device")
+                self._fail_batch(batch, exc)
+                continue
+            self._collect(batch, encoded, time.perf_counter_ns() - started)
+
+    def _fail_batch(self, batch: list[BatchSlice], exc: BaseException) -> None:
+        for s in batch:
+            self._fail(s.item.work_id, exc)
 
     def _collect(self, batch: list[BatchSlice], encoded: EncodedBatch, elapsed_ns: int) -> None:
         for g, s in enumerate(batch):

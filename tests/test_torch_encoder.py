@@ -56,3 +56,22 @@ def test_buckets_cover_every_sequence_once_with_bounded_padding() -> None:
     for b in buckets:
         if b.size > 1:
             assert lengths[b].max() * b.size <= 1.2 * lengths[b].sum()
+
+
+def test_padded_forward_used_by_cuda_graphs_equals_the_packed_path(setup) -> None:
+    """The CUDA-graph path (static padded shapes) must give the packed path's vectors; checked here on the CPU."""
+    spec, tokenizer = setup
+    engine = TorchEncoderEngine()
+    engine.load(spec, "cpu", "float32")
+    batch = tokenizer.encode(varied_texts(6, seed=8), TokenizeOptions())
+    packed = engine.embed(batch.ids, batch.lengths)
+    width = int(batch.lengths.max()) + 5
+    ids = torch.zeros(8, width, dtype=torch.int32)
+    mask = torch.zeros(8, width, dtype=torch.bool)
+    mask[:, 0] = True
+    for i, seq in enumerate(batch.split()):
+        ids[i, :seq.size] = torch.from_numpy(seq)
+        mask[i, :seq.size] = True
+    with torch.inference_mode():
+        padded = engine.padded_forward(ids, mask)[:6]
+    torch.testing.assert_close(padded, packed, atol=2e-5, rtol=1e-4)

@@ -100,9 +100,10 @@ class TorchEncoderEngine:
         self._spec: ModelSpec | None = None
         self._device = torch.device("cpu")
         self._dtype = torch.float32
+        self._graphs = None
 
     # ------------------------------------------------------------------------------------------------ loading
-    def load(self, spec: ModelSpec, device: str, dtype: str, threads: int = 0) -> None:
+    def load(self, spec: ModelSpec, device: str, dtype: str, threads: int = 0, use_cuda_graphs: bool = True) -> None:
         if spec.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"the torch engine runs {SUPPORTED_MODEL_TYPES}, not {spec.model_type!r}; "
                              "use --engine vllm for this model")
@@ -142,6 +143,12 @@ class TorchEncoderEngine:
                 ln2_w=w(p + "output.LayerNorm.weight"), ln2_b=w(p + "output.LayerNorm.bias"),
             ))
         self._dense = [self._load_dense(layer) for layer in spec.dense_layers]
+        self._graphs = None
+        if self._device.type == "cuda" and use_cuda_graphs:
+            from arctic_embed.engines.cuda_graphs import PaddedGraphs
+
+            self._graphs = PaddedGraphs(self.padded_forward, self._device, spec.max_input_tokens)
+            self._graphs.capture()
 
     def _load_dense(self, layer: DenseLayer) -> tuple[torch.Tensor, torch.Tensor | None, str]:
         state = _load_state_dict(layer.path)
@@ -158,6 +165,13 @@ class TorchEncoderEngine:
         return self._vocab_size
 
     # ------------------------------------------------------------------------------------------------ forward
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        """Host → device without stalling the host: pinned staging + an async copy on CUDA."""
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if self._device.type != "cuda":
+            return tensor
+        return tensor.pin_memory().to(self._device, non_blocking=True)
+
     def _buckets(self, lengths: np.ndarray, offsets: np.ndarray) -> list[AttentionBucket]:
         total = int(offsets[-1])
         out: list[AttentionBucket] = []
@@ -169,20 +183,20 @@ class TorchEncoderEngine:
             gather = np.minimum(offsets[seqs][:, None] + steps[None, :], total - 1)
             uniform = bool(valid.all())
             out.append(AttentionBucket(
-                gather=torch.from_numpy(gather).to(self._device, non_blocking=True),
-                key_mask=None if uniform else torch.from_numpy(valid[:, None, None, :]).to(self._device),
-                valid=None if uniform else torch.from_numpy(valid).to(self._device),
-                rows=torch.from_numpy(gather[valid] if not uniform else gather.reshape(-1)).to(self._device),
+                gather=self._to_device(gather),
+                key_mask=None if uniform else self._to_device(valid[:, None, None, :]),
+                valid=None if uniform else self._to_device(valid),
+                rows=self._to_device(gather[valid] if not uniform else gather.reshape(-1)),
             ))
         return out
 
-    def _attention(self, qkv: torch.Tensor, buckets: list[AttentionBucket]) -> torch.Tensor:
+    def _attention(self, qkv: torch.Tensor, lengths: np.ndarray, buckets: list[AttentionBucket] | None
+                   ) -> torch.Tensor:
         total, three_hidden = qkv.shape
         hidden = three_hidden // 3
         head_dim = hidden // self._heads
-        if len(buckets) == 1 and buckets[0].key_mask is None:
-            b = buckets[0]
-            q, k, v = qkv[b.gather].view(*b.gather.shape, 3, self._heads, head_dim).permute(2, 0, 3, 1, 4)
+        if buckets is None:  # every sequence has the same length: the packed rows already are [n, L]
+            q, k, v = qkv.view(lengths.size, -1, 3, self._heads, head_dim).permute(2, 0, 3, 1, 4)
             ctx = F.scaled_dot_product_attention(q, k, v)
             return ctx.transpose(1, 2).reshape(total, hidden)
         out = torch.empty(total, hidden, device=qkv.device, dtype=qkv.dtype)
@@ -193,47 +207,94 @@ class TorchEncoderEngine:
             out[b.rows] = ctx[b.valid] if b.valid is not None else ctx.reshape(-1, hidden)
         return out
 
-    @torch.inference_mode()
-    def embed(self, ids: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
-        assert self._spec is not None, "load() first"
-        lengths = np.asarray(lengths, dtype=np.int64)
-        offsets = np.zeros(lengths.size + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        positions = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths) + self._position_offset
-        dev = self._device
-        ids_t = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int32)).to(dev, non_blocking=True)
-        pos_t = torch.from_numpy(positions).to(dev, non_blocking=True)
-        hidden = self._word.shape[1]
-        x = self._word[ids_t] + self._pos[pos_t]
-        x = F.layer_norm(x, (hidden,), *self._emb_ln, self._eps)
-        buckets = self._buckets(lengths, offsets)
+    def _encoder(self, x: torch.Tensor, attend) -> torch.Tensor:  # noqa: ANN001 - attend: qkv -> context
+        hidden = x.shape[-1]
         for layer in self._layers:
-            ctx = self._attention(F.linear(x, layer.qkv_w, layer.qkv_b), buckets)
+            ctx = attend(F.linear(x, layer.qkv_w, layer.qkv_b))
             x = F.layer_norm(F.linear(ctx, layer.out_w, layer.out_b) + x, (hidden,), layer.ln1_w, layer.ln1_b,
                              self._eps)
             h = self._act(F.linear(x, layer.ffn_in_w, layer.ffn_in_b))
             x = F.layer_norm(F.linear(h, layer.ffn_out_w, layer.ffn_out_b) + x, (hidden,), layer.ln2_w,
                              layer.ln2_b, self._eps)
-        pooled = self._pool(x, lengths, offsets)
+        return x
+
+    def _embeddings(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        x = self._word[ids] + self._pos[positions]
+        return F.layer_norm(x, (x.shape[-1],), *self._emb_ln, self._eps)
+
+    def _dense_head(self, pooled: torch.Tensor) -> torch.Tensor:
         for weight, bias, activation in self._dense:
             pooled = F.linear(pooled, weight, bias)
             if activation == "Tanh":
                 pooled = torch.tanh(pooled)
         return pooled
 
-    def _pool(self, x: torch.Tensor, lengths: np.ndarray, offsets: np.ndarray) -> torch.Tensor:
+    @torch.inference_mode()
+    def embed(self, ids: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
+        assert self._spec is not None, "load() first"
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if self._graphs is not None:
+            out = self._graphs.run(ids, lengths)
+            if out is not None:
+                return out
+        return self._packed_forward(np.asarray(ids, dtype=np.int32), lengths)
+
+    def _packed_forward(self, ids: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
+        """Sequences back to back: token-wise ops on [tokens, hidden], attention per length bucket."""
+        offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        positions = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths) + self._position_offset
+        x = self._embeddings(self._to_device(ids), self._to_device(positions))
+        uniform = bool((lengths == lengths[0]).all())
+        buckets = None if uniform else self._buckets(lengths, offsets)
+        x = self._encoder(x, lambda qkv: self._attention(qkv, lengths, buckets))
+        return self._dense_head(self._pool_packed(x, lengths, offsets))
+
+    def padded_forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[batch, width] ids with a boolean mask of real tokens → pooled [batch, dim] (float32).
+
+        Static shapes only (no host sync): this is what CUDA graphs capture for small batches."""
+        batch, width = ids.shape
+        positions = torch.arange(width, device=ids.device) + self._position_offset
+        x = self._embeddings(ids, positions.expand(batch, width))
+        key_mask = mask[:, None, None, :]
+        hidden = x.shape[-1]
+        head_dim = hidden // self._heads
+
+        def attend(qkv: torch.Tensor) -> torch.Tensor:
+            q, k, v = qkv.view(batch, width, 3, self._heads, head_dim).permute(2, 0, 3, 1, 4)
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+            return ctx.transpose(1, 2).reshape(batch, width, hidden)
+
+        x = self._encoder(x, attend).float()
+        return self._dense_head(_pool_padded(x, mask, self._spec.pooling))  # type: ignore[union-attr]
+
+    def _pool_packed(self, x: torch.Tensor, lengths: np.ndarray, offsets: np.ndarray) -> torch.Tensor:
         assert self._spec is not None
         mode = self._spec.pooling
-        dev = x.device
         if mode == "cls":
-            return x[torch.from_numpy(offsets[:-1]).to(dev)].float()
+            return x[self._to_device(offsets[:-1])].float()
         if mode == "lasttoken":
-            return x[torch.from_numpy(offsets[1:] - 1).to(dev)].float()
-        lengths_t = torch.from_numpy(lengths).to(dev)
+            return x[self._to_device(offsets[1:] - 1)].float()
+        lengths_t = self._to_device(lengths)
         if mode == "max":
             return torch.segment_reduce(x.float(), "max", lengths=lengths_t)
-        segments = torch.repeat_interleave(torch.arange(lengths.size, device=dev), lengths_t)
-        sums = torch.zeros(lengths.size, x.shape[1], device=dev, dtype=torch.float32)
+        segments = self._to_device(np.repeat(np.arange(lengths.size), lengths))
+        sums = torch.zeros(lengths.size, x.shape[1], device=x.device, dtype=torch.float32)
         sums.index_add_(0, segments, x.float())
         denom = lengths_t.to(torch.float32).unsqueeze(1)
         return sums / (denom.sqrt() if mode == "mean_sqrt_len" else denom)
+
+
+def _pool_padded(x: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Pooling over [batch, width, hidden] with a mask of real tokens (left-aligned sequences)."""
+    counts = mask.sum(dim=1)
+    if mode == "cls":
+        return x[:, 0]
+    if mode == "lasttoken":
+        return x[torch.arange(x.shape[0], device=x.device), counts - 1]
+    if mode == "max":
+        return x.masked_fill(~mask[:, :, None], float("-inf")).amax(dim=1)
+    sums = (x * mask[:, :, None]).sum(dim=1)
+    denom = counts.to(torch.float32).unsqueeze(1)
+    return sums / (denom.sqrt() if mode == "mean_sqrt_len" else denom)
