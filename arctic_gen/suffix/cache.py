@@ -12,6 +12,7 @@ being cached (its own tree keeps working until `stop_request`).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Hashable, KeysView, Sequence
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ TokenIds = np.ndarray | Sequence[int]
 _INT32_MAX = 0x7FFFFFFF
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SuffixDraft:
     """One speculation result.
 
@@ -42,7 +43,7 @@ class SuffixDraft:
     match_len: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SuffixDraftBatch:
     """Drafts for a batch of requests, as arrays (row i belongs to the i-th request).
 
@@ -68,15 +69,16 @@ class SuffixDraftBatch:
 
 def pack_token_lists(seqs: Sequence[TokenIds], max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Flattens sequences into (int32 tokens, int32 offsets[n+1]), keeping only the last `max_len` of each."""
-    parts = [np.asarray(s, dtype=np.int32) for s in seqs]
     if max_len is not None:
-        parts = [p[-max_len:] if p.shape[0] > max_len else p for p in parts]
-    offsets = np.zeros(len(parts) + 1, dtype=np.int32)
-    if parts:
-        np.cumsum([p.shape[0] for p in parts], out=offsets[1:])
-        flat = np.concatenate(parts).astype(np.int32, copy=False)
+        seqs = [s[-max_len:] if len(s) > max_len else s for s in seqs]
+    offsets = np.zeros(len(seqs) + 1, dtype=np.int32)
+    if not seqs:
+        return np.zeros(0, dtype=np.int32), offsets
+    np.cumsum([len(s) for s in seqs], out=offsets[1:])
+    if all(type(s) is list for s in seqs):
+        flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int32, count=int(offsets[-1]))
     else:
-        flat = np.zeros(0, dtype=np.int32)
+        flat = np.concatenate([np.asarray(s, dtype=np.int32) for s in seqs]).astype(np.int32, copy=False)
     return flat, offsets
 
 
@@ -102,7 +104,8 @@ class SuffixCache:
         self._max_cached_requests = max_cached_requests
         self._max_cached_tokens = max_cached_tokens
         self._core = SuffixCacheCore(max_depth)
-        self._slots: dict[Hashable, int] = {}  # active request -> local tree slot
+        # Active request -> [local tree slot, global sequence id or -1]: one lookup per call on the hot paths.
+        self._active: dict[Hashable, list[int]] = {}
         self._free_slots: list[int] = []
         self._seqs: dict[Hashable, int] = {}  # cached request -> global sequence id (insertion order = FIFO)
         self._seq_owner: dict[int, Hashable] = {}
@@ -124,7 +127,7 @@ class SuffixCache:
     @property
     def active_requests(self) -> KeysView[Hashable]:
         """Requests between `start_request` and `stop_request`."""
-        return self._slots.keys()
+        return self._active.keys()
 
     @property
     def cached_requests(self) -> KeysView[Hashable]:
@@ -143,59 +146,56 @@ class SuffixCache:
 
         Raises ValueError if the request is already active.
         """
-        if req_id in self._slots:
+        if req_id in self._active:
             raise ValueError(f"request {req_id!r} is already active")
-        slot = self._free_slots.pop() if self._free_slots else len(self._slots)
+        slot = self._free_slots.pop() if self._free_slots else len(self._active)
         if isinstance(prompt_token_ids, np.ndarray):
             self._core.start_ndarray(slot, prompt_token_ids)
         else:
-            self._core.start_list(slot, prompt_token_ids)
-        self._slots[req_id] = slot
+            self._core.start_list(slot, list(prompt_token_ids))
+        entry = [slot, -1]
+        self._active[req_id] = entry
         if self._max_cached_requests == 0:
             return
         if req_id in self._seqs:
             self.evict_cached_response(req_id)
-        self._assign_seq(req_id)
+        entry[1] = self._assign_seq(req_id)
         if self._max_cached_requests > 0:
             while len(self._seqs) > self._max_cached_requests:
                 self.evict_cached_response(next(iter(self._seqs)))
 
     def stop_request(self, req_id: Hashable) -> None:
         """Drops the request's own tree; its response stays cached until evicted. Raises ValueError if inactive."""
-        slot = self._slots.pop(req_id, None)
-        if slot is None:
+        entry = self._active.pop(req_id, None)
+        if entry is None:
             raise ValueError(f"request {req_id!r} is not active")
-        self._core.stop(slot)
-        self._free_slots.append(slot)
+        self._core.stop(entry[0])
+        self._free_slots.append(entry[0])
 
     def add_active_response(self, req_id: Hashable, token_ids: TokenIds) -> None:
         """Appends generated tokens to the request's tree and to its cached response. Raises ValueError if
         the request is not active."""
-        slot = self._slots.get(req_id)
-        if slot is None:
+        entry = self._active.get(req_id)
+        if entry is None:
             raise ValueError(f"request {req_id!r} is not active")
-        seq = self._seqs.get(req_id, -1)
-        if isinstance(token_ids, np.ndarray):
-            self._core.append_ndarray(slot, seq, token_ids)
+        if type(token_ids) is list:
+            cached = self._core.append_list(entry[0], entry[1], token_ids)
+        elif isinstance(token_ids, np.ndarray):
+            cached = self._core.append_ndarray(entry[0], entry[1], token_ids)
         else:
-            self._core.append_list(slot, seq, token_ids)
-        if seq >= 0 and self._core.global_num_tokens > self._max_cached_tokens:
+            cached = self._core.append_list(entry[0], entry[1], list(token_ids))
+        if cached > self._max_cached_tokens:
             self._evict_to_budget()
 
     def update_batch(self, req_ids: Sequence[Hashable], tokens: np.ndarray, offsets: np.ndarray) -> None:
         """`add_active_response` for many requests in one native call: request i gets
         tokens[offsets[i]:offsets[i+1]] (int32 arrays; see `pack_token_lists`). The token budget is applied once,
         after the whole batch."""
-        slots = np.empty(len(req_ids), dtype=np.int32)
-        seqs = np.empty(len(req_ids), dtype=np.int32)
-        for i, req_id in enumerate(req_ids):
-            slot = self._slots.get(req_id)
-            if slot is None:
-                raise ValueError(f"request {req_id!r} is not active")
-            slots[i] = slot
-            seqs[i] = self._seqs.get(req_id, -1)
-        self._core.append_batch(slots, seqs, tokens, offsets)
-        if self._core.global_num_tokens > self._max_cached_tokens:
+        entries = self._entries(req_ids)
+        slots = np.fromiter((e[0] for e in entries), dtype=np.int32, count=len(entries))
+        seqs = np.fromiter((e[1] for e in entries), dtype=np.int32, count=len(entries))
+        cached = self._core.append_batch(slots, seqs, tokens, offsets)
+        if cached > self._max_cached_tokens:
             self._evict_to_budget()
 
     def evict_cached_response(self, req_id: Hashable) -> None:
@@ -204,6 +204,9 @@ class SuffixCache:
         if seq is None:
             raise ValueError(f"request {req_id!r} is not cached")
         del self._seq_owner[seq]
+        entry = self._active.get(req_id)
+        if entry is not None and entry[1] == seq:
+            entry[1] = -1  # still running, no longer cached
         if self._core.global_contains(seq):
             self._core.remove_global(seq)
 
@@ -223,14 +226,16 @@ class SuffixCache:
         a path stops where its estimated probability falls under min_token_prob. Both trees are queried; the
         higher score wins (the request's own tree on ties). Raises ValueError if the request is not active.
         """
-        slot = self._slots.get(req_id)
-        if slot is None:
+        entry = self._active.get(req_id)
+        if entry is None:
             raise ValueError(f"request {req_id!r} is not active")
         k = self._max_depth if max_spec_tokens is None else max_spec_tokens
         if isinstance(context, np.ndarray):
-            out = self._core.speculate_ndarray(slot, context, k, max_spec_factor, max_spec_offset, min_token_prob)
+            out = self._core.speculate_ndarray(entry[0], context, k, max_spec_factor, max_spec_offset,
+                                               min_token_prob)
         else:
-            out = self._core.speculate_list(slot, context, k, max_spec_factor, max_spec_offset, min_token_prob)
+            out = self._core.speculate_list(entry[0], list(context), k, max_spec_factor, max_spec_offset,
+                                            min_token_prob)
         return SuffixDraft(*out)
 
     def speculate_batch(
@@ -246,12 +251,7 @@ class SuffixCache:
         """`speculate` for many requests in one native call: request i's context is
         contexts[offsets[i]:offsets[i+1]] (int32; see `pack_token_lists`); max_spec_tokens is one int or one per
         request."""
-        slots = np.empty(len(req_ids), dtype=np.int32)
-        for i, req_id in enumerate(req_ids):
-            slot = self._slots.get(req_id)
-            if slot is None:
-                raise ValueError(f"request {req_id!r} is not active")
-            slots[i] = slot
+        slots = np.fromiter((e[0] for e in self._entries(req_ids)), dtype=np.int32, count=len(req_ids))
         if isinstance(max_spec_tokens, int):
             limits = np.full(len(req_ids), max_spec_tokens, dtype=np.int32)
         else:
@@ -266,7 +266,9 @@ class SuffixCache:
         err = self._core.global_check_integrity()
         if err:
             return f"global tree: {err}"
-        for req_id, slot in self._slots.items():
+        for req_id, (slot, seq) in self._active.items():
+            if seq >= 0 and self._seqs.get(req_id) != seq:
+                return f"request {req_id!r} appends to a response that is not cached"
             err = self._core.local_check_integrity(slot)
             if err:
                 return f"tree of request {req_id!r}: {err}"
@@ -277,11 +279,17 @@ class SuffixCache:
 
     def estimate_memory(self) -> dict[str, int]:
         """Bytes held by the global tree and by all per-request trees."""
-        local = sum(self._core.local_estimate_memory(slot) for slot in self._slots.values())
+        local = sum(self._core.local_estimate_memory(slot) for slot, _ in self._active.values())
         return {"global": int(self._core.global_estimate_memory()), "local": int(local)}
 
     # ---------------------------------------------------------------------------------------------- internals
-    def _assign_seq(self, req_id: Hashable) -> None:
+    def _entries(self, req_ids: Sequence[Hashable]) -> list[list[int]]:
+        try:
+            return [self._active[r] for r in req_ids]
+        except KeyError as e:
+            raise ValueError(f"request {e.args[0]!r} is not active") from None
+
+    def _assign_seq(self, req_id: Hashable) -> int:
         # Sequence ids count up and wrap at 2^31; an id still held by a cached response is skipped, or reclaimed
         # (evicting that response) after a full lap.
         for _ in range(_INT32_MAX):
@@ -290,11 +298,12 @@ class SuffixCache:
             owner = self._seq_owner.get(seq)
             if owner is None:
                 break
-            if owner not in self._slots:
+            if owner not in self._active:
                 self.evict_cached_response(owner)
                 break
         self._seqs[req_id] = seq
         self._seq_owner[seq] = req_id
+        return seq
 
     def _evict_to_budget(self) -> None:
         while self._seqs and self._core.global_num_tokens > self._max_cached_tokens:

@@ -81,12 +81,22 @@ NB_MODULE(_suffix_tree, m) {
       .def("start_list", [](SuffixCacheCore& c, int32_t slot, const Tokens& p) { c.start(slot, p.data(), p.size()); })
       .def("stop", &SuffixCacheCore::stop)
       .def("active", &SuffixCacheCore::active)
+      // The append entry points return the global tree's token count (for the eviction check).
       .def("append_ndarray",
-           [](SuffixCacheCore& c, int32_t slot, int32_t seq, I32In t) { c.append(slot, seq, t.data(), t.shape(0)); })
+           [](SuffixCacheCore& c, int32_t slot, int32_t seq, I32In t) {
+             c.append(slot, seq, t.data(), t.shape(0));
+             return c.global_tree().num_tokens();
+           })
       .def("append_list",
-           [](SuffixCacheCore& c, int32_t slot, int32_t seq, const Tokens& t) { c.append(slot, seq, t.data(), t.size()); })
+           [](SuffixCacheCore& c, int32_t slot, int32_t seq, const Tokens& t) {
+             c.append(slot, seq, t.data(), t.size());
+             return c.global_tree().num_tokens();
+           })
       .def("append_token",
-           [](SuffixCacheCore& c, int32_t slot, int32_t seq, int32_t t) { c.append(slot, seq, &t, 1); })
+           [](SuffixCacheCore& c, int32_t slot, int32_t seq, int32_t t) {
+             c.append(slot, seq, &t, 1);
+             return c.global_tree().num_tokens();
+           })
       .def("append_batch",
            [](SuffixCacheCore& c, I32In slots, I32In seqs, I32In tokens, I32In offsets) {
              const size_t n = slots.shape(0);
@@ -97,6 +107,7 @@ NB_MODULE(_suffix_tree, m) {
                if (off[i] > off[i + 1] || off[i] < 0) throw std::invalid_argument("offsets must be non-decreasing");
                c.append(slots.data()[i], seqs.data()[i], tokens.data() + off[i], static_cast<size_t>(off[i + 1] - off[i]));
              }
+             return c.global_tree().num_tokens();
            })
       .def("speculate_ndarray",
            [](SuffixCacheCore& c, int32_t slot, I32In ctx, int32_t k, float f, float o, float p) {

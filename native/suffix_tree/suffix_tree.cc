@@ -376,6 +376,7 @@ int32_t SuffixTree::slot_for(int32_t seq_id) {
     } else {
       slot = static_cast<int32_t>(seqs_.size());
       seqs_.emplace_back();
+      seq_data_.push_back(nullptr);
     }
     seqs_[slot].id = seq_id;
     seq_slot_.emplace(seq_id, slot);
@@ -396,11 +397,17 @@ void SuffixTree::extend(int32_t seq_id, const int32_t* tokens, size_t n) {
   if (n == 0) return;
   const int32_t slot = slot_for(seq_id);
   Seq& s = seqs_[slot];
-  s.tokens.reserve(s.tokens.size() + n);
-  s.ep_node.reserve(s.tokens.size() + n);
-  if (removable_) {
-    s.ep_next.reserve(s.tokens.size() + n);
-    s.ep_prev.reserve(s.tokens.size() + n);
+  const size_t need = s.tokens.size() + n;
+  if (need > s.tokens.capacity()) {
+    // Grow geometrically (an exact reserve per call would copy the whole sequence on every call).
+    const size_t cap = std::max(need, 2 * s.tokens.capacity());
+    s.tokens.reserve(cap);
+    s.ep_node.reserve(cap);
+    if (removable_) {
+      s.ep_next.reserve(cap);
+      s.ep_prev.reserve(cap);
+    }
+    seq_data_[slot] = s.tokens.data();
   }
   for (size_t i = 0; i < n; ++i) append_slot(slot, tokens[i]);
 }
@@ -410,6 +417,7 @@ void SuffixTree::append_slot(int32_t slot, int32_t token) {
   const int32_t L = static_cast<int32_t>(s.tokens.size());
   const int32_t seq_len = L + 1;
   s.tokens.push_back(token);
+  seq_data_[slot] = s.tokens.data();  // may have moved
   s.ep_node.push_back(kRoot);
   if (removable_) {
     s.ep_next.push_back(-1);
@@ -418,8 +426,9 @@ void SuffixTree::append_slot(int32_t slot, int32_t token) {
   ++nodes_[kRoot].count;
   ++num_tokens_;
 
+  const int32_t first = std::max(0, seq_len - max_depth_);
   // Extend every active suffix (oldest first) by the new token.
-  for (int32_t start = std::max(0, seq_len - max_depth_); start <= L; ++start) {
+  for (int32_t start = first; start <= L; ++start) {
     const int32_t node = s.ep_node[start];
     const int32_t child = find_child(node, token);
     if (child < 0) {
@@ -456,7 +465,7 @@ void SuffixTree::append_slot(int32_t slot, int32_t token) {
         nd.ref_idx = seq_len - nd.length;
         c.length -= 1;
         c.ref_idx += 1;
-        c.token = seqs_[c.ref_seq].tokens[c.ref_idx];  // the node has one child: no map entry to re-key
+        c.token = seq_data_[c.ref_seq][c.ref_idx];  // the node has one child: no map entry to re-key
       }
     } else if (nodes_[child].length == 1) {
       ep_move(slot, start, child);
@@ -469,7 +478,7 @@ void SuffixTree::append_slot(int32_t slot, int32_t token) {
       Node& c = nodes_[child];
       c.length -= 1;
       c.ref_idx += 1;
-      c.token = seqs_[c.ref_seq].tokens[c.ref_idx];
+      c.token = seq_data_[c.ref_seq][c.ref_idx];
       c.parent = nn;
       nodes_[nn].num_children = 1;
       add_first_child(nn, child);
@@ -554,6 +563,7 @@ void SuffixTree::remove(int32_t seq_id) {
   num_tokens_ -= len;
   Seq empty;
   std::swap(seqs_[slot], empty);
+  seq_data_[slot] = nullptr;
   free_slots_.push_back(slot);
   seq_slot_.erase(it);
   last_seq_id_ = last_slot_ = -1;
@@ -815,6 +825,7 @@ std::string SuffixTree::check_integrity() const {
     const Seq& s = seqs_[slot];
     CHECK_OR_RETURN(s.id == seq_id);
     CHECK_OR_RETURN(s.ep_node.size() == s.tokens.size());
+    CHECK_OR_RETURN(seq_data_[slot] == s.tokens.data());
     const int32_t len = static_cast<int32_t>(s.tokens.size());
     total += len;
     for (int32_t start = 0; start < len; ++start) {

@@ -159,7 +159,7 @@ class SuffixTree {
 
   void append_slot(int32_t slot, int32_t token);
   int32_t slot_for(int32_t seq_id);
-  const int32_t* ref_ptr(const Node& n) const { return seqs_[n.ref_seq].tokens.data() + n.ref_idx; }
+  const int32_t* ref_ptr(const Node& n) const { return seq_data_[n.ref_seq] + n.ref_idx; }
   float path_score(int32_t node, int32_t idx, int32_t max_tokens, float min_prob) const;
   // Walks ctx[n-m:] from the root; false if it is not in the tree.
   bool match_from_root(const int32_t* ctx, size_t n, int32_t m, int32_t* node, int32_t* idx) const;
@@ -174,6 +174,8 @@ class SuffixTree {
   std::vector<int32_t> free_groups_;
   ChildMap children_;
   std::vector<Seq> seqs_;
+  // seq_data_[slot] == seqs_[slot].tokens.data(), kept in a compact array: reading a node's tokens is one hop.
+  std::vector<const int32_t*> seq_data_;
   std::vector<int32_t> free_slots_;
   std::unordered_map<int32_t, int32_t> seq_slot_;
   int32_t last_seq_id_ = -1;  // one-entry cache for seq_slot_ lookups
