@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from arctic_gen.suffix import SuffixCache, pack_token_lists
+from arctic_gen.suffix import SuffixCache
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "load_tests" / "results"
@@ -197,8 +197,11 @@ class WorkloadResult:
     steps: int
     ours: Timings
     arctic: Timings
-    ours_batch_speculate_ns_per_req: list[float]
-    ours_batch_update_ns_per_req: list[float]
+    single_speculate_ns: int = 0
+    batch_speculate_ns: int = 0
+    single_update_ns: int = 0
+    batch_update_ns: int = 0
+    request_steps: int = 0
     # The replayed schedule: per step, (request ids, contexts, appended chunks, requests finished after it).
     schedule: list[tuple[list[int], list[np.ndarray], list[list[int]], list[int]]] = field(default_factory=list)
 
@@ -213,7 +216,7 @@ def replay(name: str, traces: list[Trace], arctic_cls: type, args: argparse.Name
     depth, k = args.max_depth, args.max_spec_tokens
     ours = SuffixCache(depth, max_cached_requests=args.max_cached_requests)
     arctic = arctic_cls(max_tree_depth=depth, max_cached_requests=args.max_cached_requests)
-    res = WorkloadResult(name, len(traces), 0, 0, 0, 0, Timings(), Timings(), [], [])
+    res = WorkloadResult(name, len(traces), 0, 0, 0, 0, Timings(), Timings())
     pending: Iterator[tuple[int, Trace]] = iter(enumerate(traces))
     active: dict[int, tuple[np.ndarray, int, int]] = {}  # req -> (full sequence, prompt length, position)
 
@@ -275,27 +278,39 @@ def replay(name: str, traces: list[Trace], arctic_cls: type, args: argparse.Name
 
 
 def replay_batched(traces: list[Trace], res: WorkloadResult, args: argparse.Namespace) -> None:
-    """The recorded schedule again, through our batched entry points alone (one native call per step for
-    drafting, one for appending; packing the inputs is included in the time)."""
-    cache = SuffixCache(args.max_depth, max_cached_requests=args.max_cached_requests)
+    """The recorded schedule again through two fresh caches of ours, step by step: one per-request call each
+    (as above) and one native call per step for the whole batch. Both are reported
+    as mean µs per request and step: a batch call cannot be split into per-request calls for a median."""
+    single = SuffixCache(args.max_depth, max_cached_requests=args.max_cached_requests)
+    batched = SuffixCache(args.max_depth, max_cached_requests=args.max_cached_requests)
     started: set[int] = set()
+    k, p = args.max_spec_tokens, args.min_token_prob
     for reqs, contexts, chunks, finished in res.schedule:
         for r in reqs:
             if r not in started:
-                cache.start_request(r, traces[r].prompt)
+                single.start_request(r, traces[r].prompt)
+                batched.start_request(r, traces[r].prompt)
                 started.add(r)
         t0 = time.perf_counter_ns()
-        flat, offsets = pack_token_lists(contexts)
-        batch = cache.speculate_batch(reqs, flat, offsets, args.max_spec_tokens, 1.0, 0.0, args.min_token_prob)
+        for r, ctx in zip(reqs, contexts, strict=True):
+            single.speculate(r, ctx, k, 1.0, 0.0, p)
         t1 = time.perf_counter_ns()
-        flat, offsets = pack_token_lists(chunks)
-        cache.update_batch(reqs, flat, offsets)
+        batch = batched.speculate_batch(reqs, contexts, k, 1.0, 0.0, p)
         t2 = time.perf_counter_ns()
-        res.ours_batch_speculate_ns_per_req.append((t1 - t0) / len(reqs))
-        res.ours_batch_update_ns_per_req.append((t2 - t1) / len(reqs))
+        for r, chunk in zip(reqs, chunks, strict=True):
+            single.add_active_response(r, chunk)
+        t3 = time.perf_counter_ns()
+        batched.update_batch(reqs, chunks)
+        t4 = time.perf_counter_ns()
+        res.single_speculate_ns += t1 - t0
+        res.batch_speculate_ns += t2 - t1
+        res.single_update_ns += t3 - t2
+        res.batch_update_ns += t4 - t3
+        res.request_steps += len(reqs)
         assert len(batch) == len(reqs)
         for r in finished:
-            cache.stop_request(r)
+            single.stop_request(r)
+            batched.stop_request(r)
 
 
 # ------------------------------------------------------------------------------------------------------- main
@@ -366,8 +381,13 @@ def main() -> None:
     }
     summary["speculate_speedup"] = round(summary["arctic_speculate_us"] / summary["ours_speculate_us"], 2)
     summary["update_speedup"] = round(summary["arctic_update_us"] / summary["ours_update_us"], 2)
-    summary["ours_batched_speculate_us_per_request"] = _median_us(pooled(lambda r: r.ours_batch_speculate_ns_per_req))
-    summary["ours_batched_update_us_per_request"] = _median_us(pooled(lambda r: r.ours_batch_update_ns_per_req))
+    steps = sum(r.request_steps for r in results)
+    summary["batched_vs_single_mean_us_per_request_step"] = {
+        "single_speculate": round(sum(r.single_speculate_ns for r in results) / steps / 1000, 3),
+        "batched_speculate": round(sum(r.batch_speculate_ns for r in results) / steps / 1000, 3),
+        "single_update": round(sum(r.single_update_ns for r in results) / steps / 1000, 3),
+        "batched_update": round(sum(r.batch_update_ns for r in results) / steps / 1000, 3),
+    }
     summary["workloads"] = {
         r.name: {
             "requests": r.requests,
@@ -380,8 +400,12 @@ def main() -> None:
             "arctic_update_us": _median_us(r.arctic.update_ns),
             "ours_start_request_us": _median_us(r.ours.start_ns),
             "arctic_start_request_us": _median_us(r.arctic.start_ns),
-            "ours_batched_speculate_us_per_request": _median_us(r.ours_batch_speculate_ns_per_req),
-            "ours_batched_update_us_per_request": _median_us(r.ours_batch_update_ns_per_req),
+            "mean_us_per_request_step": {
+                "single_speculate": round(r.single_speculate_ns / r.request_steps / 1000, 3),
+                "batched_speculate": round(r.batch_speculate_ns / r.request_steps / 1000, 3),
+                "single_update": round(r.single_update_ns / r.request_steps / 1000, 3),
+                "batched_update": round(r.batch_update_ns / r.request_steps / 1000, 3),
+            },
         }
         for r in results
     }

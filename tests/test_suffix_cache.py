@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from arctic_gen.suffix import SuffixCache, SuffixDraft, pack_token_lists
+from arctic_gen.suffix import SuffixCache, SuffixDraft
 from arctic_gen.suffix.reference import RefDraft, RefSuffixTree
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -105,7 +105,7 @@ def test_cache_matches_reference(depth: int, max_requests: int, max_tokens: int,
         if kind == "batch_add":
             reqs = [r for r in req if r in ref.local]
             new = o[2][:len(reqs)]
-            cache.update_batch(reqs, *pack_token_lists(new))
+            cache.update_batch(reqs, new)
             ref.add_batch(reqs, new)
         elif kind == "start":
             if active:
@@ -177,21 +177,25 @@ def test_batched_calls_equal_per_request_calls(prompts: list, steps: list, ctx_l
         for r, t in zip(reqs, new, strict=True):
             one.add_active_response(r, t)
             history[r].extend(t)
-        many.update_batch(reqs, *pack_token_lists(new))
+        many.update_batch(reqs, [np.asarray(t, dtype=np.int32) if i % 2 else t for i, t in enumerate(new)])
         assert list(one.cached_requests) == list(many.cached_requests)
         assert one.cached_tokens == many.cached_tokens
         contexts = [history[r][-ctx_len:] if ctx_len else [] for r in reqs]
-        flat, offsets = pack_token_lists(contexts)
-        batch = many.speculate_batch(reqs, flat, offsets, k, 1.0, 0.0, 0.1)
+        expected = [one.speculate(r, c, k, 1.0, 0.0, 0.1) for r, c in zip(reqs, contexts, strict=True)]
+        batch = many.speculate_batch(reqs, contexts, k, 1.0, 0.0, 0.1)
         assert len(batch) == n
-        for i, r in enumerate(reqs):
-            d = one.speculate(r, contexts[i], k, 1.0, 0.0, 0.1)
-            row = int(batch.lengths[i])
-            assert batch.token_ids[i, :row].tolist() == d.token_ids
-            assert batch.probs[i, :row].tolist() == d.probs
-            assert (float(batch.scores[i]), int(batch.match_lens[i])) == (d.score, d.match_len)
-        assert batch.drafts() == [one.speculate(r, c, k, 1.0, 0.0, 0.1).token_ids for r, c in
-                                  zip(reqs, contexts, strict=True)]
+        assert batch.token_ids == [d.token_ids for d in expected]
+        assert batch.scores == [d.score for d in expected]
+        # The same through a 2-D token table read in place (vLLM's token_ids_cpu layout).
+        width = max(len(h) for h in history.values()) + 3
+        table = np.full((n + 2, width), -7, dtype=np.int32)
+        rows = [n + 1 - i for i in range(n)]
+        for r, row in zip(reqs, rows, strict=True):
+            table[row, :len(history[r])] = history[r]
+        ends = [len(history[r]) for r in reqs]
+        rowwise = many.speculate_rows(reqs, table, rows, ends, [k] * n, 1.0, 0.0, 0.1)
+        assert rowwise.token_ids == [d.token_ids for d in (one.speculate(r, history[r], k, 1.0, 0.0, 0.1)
+                                                          for r in reqs)]
     assert many.check_integrity() == ""
 
 
@@ -263,6 +267,11 @@ def test_validation_errors() -> None:
     assert cache.cached_tokens == 0 and list(cache.cached_requests) == []
     assert cache.speculate("x", [2, 1]).token_ids == [2]
     with pytest.raises(ValueError):
-        cache.update_batch(["nope"], *pack_token_lists([[1]]))
+        cache.update_batch(["nope"], [[1]])
     with pytest.raises(ValueError):
-        cache.speculate_batch(["nope"], *pack_token_lists([[1]]), 4)
+        cache.speculate_batch(["nope"], [[1]], 4)
+    with pytest.raises(TypeError):
+        cache.update_batch(["x"], [np.zeros(3, dtype=np.float32)])
+    with pytest.raises(TypeError):
+        cache.speculate_batch(["x"], [np.zeros((2, 2), dtype=np.int32)], 4)
+    assert cache.speculate_batch(["x"], [np.array([2, 1], dtype=np.int32)], 4).token_ids == [[2]]

@@ -12,7 +12,6 @@ being cached (its own tree keeps working until `stop_request`).
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Hashable, KeysView, Sequence
 from dataclasses import dataclass
 
@@ -45,41 +44,17 @@ class SuffixDraft:
 
 @dataclass(slots=True)
 class SuffixDraftBatch:
-    """Drafts for a batch of requests, as arrays (row i belongs to the i-th request).
+    """Drafts for a batch of requests (entry i belongs to the i-th request).
 
-    token_ids: int32 [n, width], padded with -1 after `lengths[i]` tokens.
-    probs: float32 [n, width], 0 where padded.
-    lengths: int32 [n], tokens drafted per request.
-    scores: float32 [n]; match_lens: int32 [n] (see SuffixDraft).
+    token_ids: drafted tokens per request (the form vLLM's proposers return).
+    scores: each draft's score (see SuffixDraft.score).
     """
 
-    token_ids: np.ndarray
-    probs: np.ndarray
-    lengths: np.ndarray
-    scores: np.ndarray
-    match_lens: np.ndarray
-
-    def drafts(self) -> list[list[int]]:
-        """Token ids per request as Python lists (the form vLLM's proposers return)."""
-        return [row[:n].tolist() for row, n in zip(self.token_ids, self.lengths.tolist(), strict=True)]
+    token_ids: list[list[int]]
+    scores: list[float]
 
     def __len__(self) -> int:
-        return int(self.lengths.shape[0])
-
-
-def pack_token_lists(seqs: Sequence[TokenIds], max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Flattens sequences into (int32 tokens, int32 offsets[n+1]), keeping only the last `max_len` of each."""
-    if max_len is not None:
-        seqs = [s[-max_len:] if len(s) > max_len else s for s in seqs]
-    offsets = np.zeros(len(seqs) + 1, dtype=np.int32)
-    if not seqs:
-        return np.zeros(0, dtype=np.int32), offsets
-    np.cumsum([len(s) for s in seqs], out=offsets[1:])
-    if all(type(s) is list for s in seqs):
-        flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int32, count=int(offsets[-1]))
-    else:
-        flat = np.concatenate([np.asarray(s, dtype=np.int32) for s in seqs]).astype(np.int32, copy=False)
-    return flat, offsets
+        return len(self.token_ids)
 
 
 class SuffixCache:
@@ -187,14 +162,11 @@ class SuffixCache:
         if cached > self._max_cached_tokens:
             self._evict_to_budget()
 
-    def update_batch(self, req_ids: Sequence[Hashable], tokens: np.ndarray, offsets: np.ndarray) -> None:
-        """`add_active_response` for many requests in one native call: request i gets
-        tokens[offsets[i]:offsets[i+1]] (int32 arrays; see `pack_token_lists`). The token budget is applied once,
-        after the whole batch."""
+    def update_batch(self, req_ids: Sequence[Hashable], token_lists: Sequence[TokenIds]) -> None:
+        """`add_active_response` for many requests in one native call (request i gets token_lists[i]: a list of
+        ints or an int32 array). The token budget is applied once, after the whole batch."""
         entries = self._entries(req_ids)
-        slots = np.fromiter((e[0] for e in entries), dtype=np.int32, count=len(entries))
-        seqs = np.fromiter((e[1] for e in entries), dtype=np.int32, count=len(entries))
-        cached = self._core.append_batch(slots, seqs, tokens, offsets)
+        cached = self._core.append_many([e[0] for e in entries], [e[1] for e in entries], list(token_lists))
         if cached > self._max_cached_tokens:
             self._evict_to_budget()
 
@@ -241,24 +213,36 @@ class SuffixCache:
     def speculate_batch(
         self,
         req_ids: Sequence[Hashable],
-        contexts: np.ndarray,
-        offsets: np.ndarray,
-        max_spec_tokens: int | np.ndarray,
+        contexts: Sequence[TokenIds],
+        max_spec_tokens: int | None = None,
         max_spec_factor: float = 1.0,
         max_spec_offset: float = 0.0,
         min_token_prob: float = 0.1,
     ) -> SuffixDraftBatch:
-        """`speculate` for many requests in one native call: request i's context is
-        contexts[offsets[i]:offsets[i+1]] (int32; see `pack_token_lists`); max_spec_tokens is one int or one per
-        request."""
-        slots = np.fromiter((e[0] for e in self._entries(req_ids)), dtype=np.int32, count=len(req_ids))
-        if isinstance(max_spec_tokens, int):
-            limits = np.full(len(req_ids), max_spec_tokens, dtype=np.int32)
-        else:
-            limits = np.asarray(max_spec_tokens, dtype=np.int32)
-        out = self._core.speculate_batch(slots, contexts, offsets, limits, max_spec_factor, max_spec_offset,
-                                         min_token_prob)
-        return SuffixDraftBatch(*out)
+        """`speculate` for many requests in one native call (contexts: lists of ints or int32 arrays)."""
+        slots = [e[0] for e in self._entries(req_ids)]
+        k = self._max_depth if max_spec_tokens is None else max_spec_tokens
+        drafts, scores = self._core.speculate_many(slots, list(contexts), k, max_spec_factor, max_spec_offset,
+                                                   min_token_prob)
+        return SuffixDraftBatch(drafts, scores)
+
+    def speculate_rows(
+        self,
+        req_ids: Sequence[Hashable],
+        token_table: np.ndarray,
+        rows: Sequence[int],
+        ends: Sequence[int],
+        max_spec_tokens: Sequence[int],
+        max_spec_factor: float = 1.0,
+        max_spec_offset: float = 0.0,
+        min_token_prob: float = 0.1,
+    ) -> SuffixDraftBatch:
+        """`speculate` for many requests whose tokens are rows of one 2-D int32 table (vLLM's `token_ids_cpu`):
+        request i's context is token_table[rows[i], :ends[i]] (its last max_depth tokens), read in place."""
+        slots = [e[0] for e in self._entries(req_ids)]
+        drafts, scores = self._core.speculate_rows(slots, token_table, list(rows), list(ends), list(max_spec_tokens),
+                                                   max_spec_factor, max_spec_offset, min_token_prob)
+        return SuffixDraftBatch(drafts, scores)
 
     # -------------------------------------------------------------------------------------------- diagnostics
     def check_integrity(self) -> str:

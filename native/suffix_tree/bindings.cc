@@ -6,6 +6,8 @@
 #include <nanobind/stl/vector.h>
 
 #include <algorithm>
+#include <climits>
+#include <string>
 
 #include "suffix_cache_core.h"
 #include "suffix_tree.h"
@@ -17,12 +19,6 @@ namespace {
 
 using I32In = nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using Tokens = std::vector<int32_t>;
-
-template <typename T>
-nb::ndarray<nb::numpy, T> owned(T* data, std::initializer_list<size_t> shape) {
-  nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<T*>(p); });
-  return nb::ndarray<nb::numpy, T>(data, shape, owner);
-}
 
 SpecParams params(int32_t max_spec_tokens, float factor, float offset, float min_prob) {
   return SpecParams{max_spec_tokens, factor, offset, min_prob};
@@ -45,6 +41,74 @@ nb::tuple cache_speculate(SuffixCacheCore& c, int32_t slot, const int32_t* ctx, 
   d.parents.resize(static_cast<size_t>(k));
   for (int32_t i = 0; i < k; ++i) d.parents[static_cast<size_t>(i)] = i - 1;
   return draft_tuple(d);
+}
+
+// Tokens of one Python object without nanobind's generic casters: a list of ints is read into `scratch`; any
+// 1-D C-contiguous int32 buffer (numpy array, memoryview) is used in place.
+class TokenView {
+ public:
+  explicit TokenView(PyObject* o) {
+    if (PyList_Check(o)) {
+      const Py_ssize_t n = PyList_GET_SIZE(o);
+      scratch_.resize(static_cast<size_t>(n));
+      for (Py_ssize_t i = 0; i < n; ++i) {
+        const long v = PyLong_AsLong(PyList_GET_ITEM(o, i));
+        if (v == -1 && PyErr_Occurred()) throw nb::python_error();
+        if (v < INT32_MIN || v > INT32_MAX) throw nb::value_error("token id out of int32 range");
+        scratch_[static_cast<size_t>(i)] = static_cast<int32_t>(v);
+      }
+      data_ = scratch_.data();
+      size_ = scratch_.size();
+      return;
+    }
+    if (PyObject_GetBuffer(o, &buf_, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) {
+      PyErr_Clear();
+      throw nb::type_error("expected a list of ints or a 1-D contiguous int32 array");
+    }
+    has_buf_ = true;
+    const char* f = buf_.format ? buf_.format : "B";
+    if (*f == '<' || *f == '=' || *f == '@') ++f;
+    if (buf_.ndim != 1 || buf_.itemsize != 4 || (std::string(f) != "i" && std::string(f) != "l")) {
+      PyBuffer_Release(&buf_);  // the destructor does not run when the constructor throws
+      has_buf_ = false;
+      throw nb::type_error("expected a 1-D contiguous int32 array");
+    }
+    data_ = static_cast<const int32_t*>(buf_.buf);
+    size_ = static_cast<size_t>(buf_.len / 4);
+  }
+  ~TokenView() {
+    if (has_buf_) PyBuffer_Release(&buf_);
+  }
+  TokenView(const TokenView&) = delete;
+  TokenView& operator=(const TokenView&) = delete;
+  const int32_t* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  thread_local static std::vector<int32_t> scratch_;
+  Py_buffer buf_{};
+  bool has_buf_ = false;
+  const int32_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+thread_local std::vector<int32_t> TokenView::scratch_;
+
+int32_t int_at(PyObject* seq, Py_ssize_t i) {
+  const long v = PyLong_AsLong(PyList_GET_ITEM(seq, i));
+  if (v == -1 && PyErr_Occurred()) throw nb::python_error();
+  return static_cast<int32_t>(v);
+}
+
+// Draft token ids as a Python list, and the score.
+nb::list drafts_list(const std::vector<std::vector<int32_t>>& drafts) {
+  nb::list out;
+  for (const auto& d : drafts) {
+    PyObject* l = PyList_New(static_cast<Py_ssize_t>(d.size()));
+    if (!l) throw nb::python_error();
+    for (size_t j = 0; j < d.size(); ++j) PyList_SET_ITEM(l, static_cast<Py_ssize_t>(j), PyLong_FromLong(d[j]));
+    out.append(nb::steal(l));
+  }
+  return out;
 }
 
 }  // namespace
@@ -97,18 +161,6 @@ NB_MODULE(_suffix_tree, m) {
              c.append(slot, seq, &t, 1);
              return c.global_tree().num_tokens();
            })
-      .def("append_batch",
-           [](SuffixCacheCore& c, I32In slots, I32In seqs, I32In tokens, I32In offsets) {
-             const size_t n = slots.shape(0);
-             if (seqs.shape(0) != n || offsets.shape(0) != n + 1) throw std::invalid_argument("shape mismatch");
-             const int32_t* off = offsets.data();
-             if (off[n] > static_cast<int64_t>(tokens.shape(0))) throw std::invalid_argument("offsets out of range");
-             for (size_t i = 0; i < n; ++i) {
-               if (off[i] > off[i + 1] || off[i] < 0) throw std::invalid_argument("offsets must be non-decreasing");
-               c.append(slots.data()[i], seqs.data()[i], tokens.data() + off[i], static_cast<size_t>(off[i + 1] - off[i]));
-             }
-             return c.global_tree().num_tokens();
-           })
       .def("speculate_ndarray",
            [](SuffixCacheCore& c, int32_t slot, I32In ctx, int32_t k, float f, float o, float p) {
              return cache_speculate(c, slot, ctx.data(), ctx.shape(0), k, f, o, p);
@@ -117,34 +169,71 @@ NB_MODULE(_suffix_tree, m) {
            [](SuffixCacheCore& c, int32_t slot, const Tokens& ctx, int32_t k, float f, float o, float p) {
              return cache_speculate(c, slot, ctx.data(), ctx.size(), k, f, o, p);
            })
-      .def("speculate_batch",
-           [](SuffixCacheCore& c, I32In slots, I32In contexts, I32In offsets, I32In max_spec_tokens, float f, float o,
-              float p) {
-             const size_t n = slots.shape(0);
-             if (offsets.shape(0) != n + 1 || max_spec_tokens.shape(0) != n) throw std::invalid_argument("shape mismatch");
-             const int32_t* off = offsets.data();
-             if (off[n] > static_cast<int64_t>(contexts.shape(0))) throw std::invalid_argument("offsets out of range");
-             int32_t width = 0;
-             for (size_t i = 0; i < n; ++i) width = std::max(width, max_spec_tokens.data()[i]);
-             auto* tokens = new int32_t[std::max<size_t>(n * width, 1)];
-             auto* probs = new float[std::max<size_t>(n * width, 1)];
-             auto* lens = new int32_t[std::max<size_t>(n, 1)];
-             auto* scores = new float[std::max<size_t>(n, 1)];
-             auto* matches = new int32_t[std::max<size_t>(n, 1)];
-             auto out_tokens = owned(tokens, {n, static_cast<size_t>(width)});
-             auto out_probs = owned(probs, {n, static_cast<size_t>(width)});
-             auto out_lens = owned(lens, {n});
-             auto out_scores = owned(scores, {n});
-             auto out_matches = owned(matches, {n});
-             std::fill(tokens, tokens + n * width, -1);
-             std::fill(probs, probs + n * width, 0.0f);
-             for (size_t i = 0; i < n; ++i) {
-               if (off[i] > off[i + 1] || off[i] < 0) throw std::invalid_argument("offsets must be non-decreasing");
-               lens[i] = c.speculate(slots.data()[i], contexts.data() + off[i], static_cast<size_t>(off[i + 1] - off[i]),
-                                     params(max_spec_tokens.data()[i], f, o, p), tokens + i * width, probs + i * width,
-                                     scores + i, matches + i);
+      // Batched entry points for a whole decoding step: plain Python lists in and out (no packing).
+      .def("append_many",
+           [](SuffixCacheCore& c, nb::list slots, nb::list seqs, nb::list chunks) {
+             const Py_ssize_t n = PyList_GET_SIZE(slots.ptr());
+             if (PyList_GET_SIZE(seqs.ptr()) != n || PyList_GET_SIZE(chunks.ptr()) != n) {
+               throw std::invalid_argument("slots, seqs and chunks must have the same length");
              }
-             return nb::make_tuple(out_tokens, out_probs, out_lens, out_scores, out_matches);
+             for (Py_ssize_t i = 0; i < n; ++i) {
+               TokenView t(PyList_GET_ITEM(chunks.ptr(), i));
+               c.append(int_at(slots.ptr(), i), int_at(seqs.ptr(), i), t.data(), t.size());
+             }
+             return c.global_tree().num_tokens();
+           })
+      .def("speculate_many",
+           [](SuffixCacheCore& c, nb::list slots, nb::list contexts, int32_t k, float f, float o, float p) {
+             const Py_ssize_t n = PyList_GET_SIZE(slots.ptr());
+             if (PyList_GET_SIZE(contexts.ptr()) != n) throw std::invalid_argument("slots and contexts differ in length");
+             std::vector<std::vector<int32_t>> drafts(static_cast<size_t>(n));
+             nb::list scores;
+             std::vector<float> probs(static_cast<size_t>(std::max(k, 0)));
+             for (Py_ssize_t i = 0; i < n; ++i) {
+               TokenView ctx(PyList_GET_ITEM(contexts.ptr(), i));
+               auto& d = drafts[static_cast<size_t>(i)];
+               d.resize(static_cast<size_t>(std::max(k, 0)));
+               float score;
+               int32_t match_len;
+               const int32_t len = c.speculate(int_at(slots.ptr(), i), ctx.data(), ctx.size(), params(k, f, o, p),
+                                               d.data(), probs.data(), &score, &match_len);
+               d.resize(static_cast<size_t>(len));
+               scores.append(score);
+             }
+             return nb::make_tuple(drafts_list(drafts), scores);
+           })
+      .def("speculate_rows",
+           [](SuffixCacheCore& c, nb::list slots, nb::ndarray<const int32_t, nb::ndim<2>, nb::c_contig, nb::device::cpu> table,
+              nb::list rows, nb::list ends, nb::list limits, float f, float o, float p) {
+             // Context of request i: table[rows[i], max(0, ends[i] - max_depth) : ends[i]] (vLLM's token table).
+             const Py_ssize_t n = PyList_GET_SIZE(slots.ptr());
+             if (PyList_GET_SIZE(rows.ptr()) != n || PyList_GET_SIZE(ends.ptr()) != n ||
+                 PyList_GET_SIZE(limits.ptr()) != n) {
+               throw std::invalid_argument("slots, rows, ends and limits must have the same length");
+             }
+             const int64_t width = static_cast<int64_t>(table.shape(1));
+             std::vector<std::vector<int32_t>> drafts(static_cast<size_t>(n));
+             nb::list scores;
+             std::vector<float> probs;
+             for (Py_ssize_t i = 0; i < n; ++i) {
+               const int64_t row = int_at(rows.ptr(), i), end = int_at(ends.ptr(), i);
+               const int32_t k = std::max(int_at(limits.ptr(), i), 0);
+               if (row < 0 || static_cast<size_t>(row) >= table.shape(0) || end < 0 || end > width) {
+                 throw std::out_of_range("row or end outside the token table");
+               }
+               const int64_t begin = std::max<int64_t>(0, end - c.max_depth());
+               auto& d = drafts[static_cast<size_t>(i)];
+               d.resize(static_cast<size_t>(k));
+               probs.resize(static_cast<size_t>(k));
+               float score;
+               int32_t match_len;
+               const int32_t len = c.speculate(int_at(slots.ptr(), i), table.data() + row * width + begin,
+                                               static_cast<size_t>(end - begin), params(k, f, o, p), d.data(),
+                                               probs.data(), &score, &match_len);
+               d.resize(static_cast<size_t>(len));
+               scores.append(score);
+             }
+             return nb::make_tuple(drafts_list(drafts), scores);
            })
       .def("remove_global", [](SuffixCacheCore& c, int32_t seq) { c.global_tree().remove(seq); })
       .def("global_contains", [](SuffixCacheCore& c, int32_t seq) { return c.global_tree().contains(seq); })
