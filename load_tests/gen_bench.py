@@ -167,8 +167,9 @@ async def measure(servers: dict[str, str], model: str, args) -> list[dict]:
     if session is not None:
         senders["openai"] = lambda prompt: openai_request(session, servers["openai"], model, prompt, args.max_tokens)
     try:
-        for send in senders.values():
-            await drive(send, 2, 1)  # warm-up
+        for send in senders.values():  # warm-up: every batch shape the levels will see
+            for streams in args.streams:
+                await drive(send, streams, 1)
         samples: dict[tuple[str, int], list[dict]] = {}
         for r in range(args.rounds):
             for streams in args.streams:

@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--speculator", help="speculator directory for --method arctic")
     parser.add_argument("--max-tokens", type=int, default=800)
     parser.add_argument("--cpu", action="store_true", help="float32, 64 MiB KV cache, eager (CPU machines)")
+    parser.add_argument("--eager", action="store_true", help="enforce_eager (no torch.compile / CUDA graphs)")
     args = parser.parse_args()
 
     import vllm
@@ -46,6 +47,8 @@ def main() -> None:
         speculative_config = SPECULATIVE_CONFIGS.get(method)
     extra = {"dtype": "float32", "kv_cache_memory_bytes": 64 * 2**20, "enforce_eager": True,
              "max_model_len": 1024} if args.cpu else {}
+    if args.eager:
+        extra["enforce_eager"] = True
 
     start = time.perf_counter()
     llm = LLM(
