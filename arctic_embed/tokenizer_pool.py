@@ -23,6 +23,10 @@ from arctic_embed.workers import WorkerProcess, spawn_worker, worker_socket
 
 log = logging.getLogger(__name__)
 MIN_TEXTS_PER_SPLIT = 32
+# Tiny requests are tokenized in the gateway itself: a round trip to a worker costs the gateway about as much CPU
+# as tokenizing a few short texts, and adds latency.
+INLINE_MAX_TEXTS = 4
+INLINE_MAX_CHARS = 2048
 
 
 def pack_texts(texts: list[str]) -> tuple[bytes, np.ndarray]:
@@ -58,6 +62,7 @@ class TokenizerPool:
         self._workers: list[_Worker] = []
         self._ids = itertools.count(1)
         self._closing = False
+        self._inline = TextTokenizer(model_path, max_tokens, lower_case)
 
     @property
     def size(self) -> int:
@@ -80,6 +85,8 @@ class TokenizerPool:
     async def tokenize(self, texts: list[str], options: TokenizeOptions) -> TokenBatch:
         if not texts:
             return TokenBatch.from_arrays([])
+        if len(texts) <= INLINE_MAX_TEXTS and sum(len(t) for t in texts) <= INLINE_MAX_CHARS:
+            return self._inline.encode(texts, options)
         parts = min(self._n, max(1, len(texts) // MIN_TEXTS_PER_SPLIT))
         if parts == 1:
             return await self._tokenize_one(texts, options)

@@ -45,3 +45,30 @@ def test_too_long_without_truncation_is_invalid(tokenizer) -> None:
 def test_prefix_is_prepended(tokenizer) -> None:
     with_prefix = tokenizer.encode(["hello"], TokenizeOptions(prefix="query: ")).ids
     assert with_prefix.tolist() == tokenizer.encode(["query: hello"], TokenizeOptions()).ids.tolist()
+
+
+def test_pool_workers_and_inline_path_agree(minilm_path) -> None:
+    """Small requests are tokenized in the gateway, large ones in worker processes: same ids either way."""
+    import asyncio
+
+    from arctic_embed.testing import varied_texts
+    from arctic_embed.tokenizer_pool import INLINE_MAX_TEXTS, TokenizerPool
+
+    texts = varied_texts(80, seed=2)
+
+    async def run() -> tuple[list, list, str]:
+        pool = TokenizerPool(str(minilm_path), 256, False, workers=2)
+        await pool.start()
+        try:
+            big = await pool.tokenize(texts, TokenizeOptions())
+            small = [await pool.tokenize(texts[i:i + INLINE_MAX_TEXTS], TokenizeOptions())
+                     for i in range(0, len(texts), INLINE_MAX_TEXTS)]
+            with pytest.raises(InvalidInput) as err:
+                await pool.tokenize(["x " * 600] * 40, TokenizeOptions(truncate=False))
+        finally:
+            await pool.close()
+        return big.split(), [a for b in small for a in b.split()], str(err.value)
+
+    big, small, message = asyncio.run(run())
+    assert [a.tolist() for a in big] == [a.tolist() for a in small]
+    assert "over the model's limit" in message
