@@ -43,13 +43,22 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--shapes", default="1024x50,128x512,1x50")
     args = parser.parse_args()
-    engine = TorchEncoderEngine()
-    engine.load(read_model_spec(Path(args.model)), args.device, args.dtype)
-    results = {}
-    for shape in args.shapes.split(","):
-        n, length = (int(x) for x in shape.split("x"))
-        results[shape] = measure(engine, n, length, args.device, args.duration)
-        print(json.dumps({"engine_tokens_per_s": shape, "value": results[shape]}), flush=True)
+    spec = read_model_spec(Path(args.model))
+    engines = {}
+    for fused in (False, True):
+        engine = TorchEncoderEngine()
+        engine.load(spec, args.device, args.dtype, fused_kernels=fused)
+        engines[fused] = engine
+        for shape in args.shapes.split(","):
+            n, length = (int(x) for x in shape.split("x"))
+            value = measure(engine, n, length, args.device, args.duration)
+            print(json.dumps({"engine_tokens_per_s": shape, "fused_kernels": fused, "value": value}), flush=True)
+    ids = np.random.default_rng(1).integers(1000, 29000, 8 * 300).astype(np.int32)
+    lengths = np.array([300] * 4 + [100, 500, 700, 200], dtype=np.int64)[:8]
+    lengths = np.minimum(lengths, spec.max_input_tokens)
+    ids = ids[:lengths.sum()]
+    a, b = (engines[f].embed(ids, lengths).float() for f in (False, True))
+    print(json.dumps({"fused_vs_unfused_min_cos": float(torch.nn.functional.cosine_similarity(a, b).min())}))
 
 
 if __name__ == "__main__":

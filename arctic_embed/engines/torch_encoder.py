@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from arctic_embed.engines.base import EngineInfo, resolve_dtype
+from arctic_embed.engines.kernels import add_layer_norm, triton_available
 from arctic_embed.model_files import DenseLayer, ModelSpec
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
@@ -101,9 +102,11 @@ class TorchEncoderEngine:
         self._device = torch.device("cpu")
         self._dtype = torch.float32
         self._graphs = None
+        self._fused_norm = False
 
     # ------------------------------------------------------------------------------------------------ loading
-    def load(self, spec: ModelSpec, device: str, dtype: str, threads: int = 0, use_cuda_graphs: bool = True) -> None:
+    def load(self, spec: ModelSpec, device: str, dtype: str, threads: int = 0, use_cuda_graphs: bool = True,
+             fused_kernels: bool = True) -> None:
         if spec.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"the torch engine runs {SUPPORTED_MODEL_TYPES}, not {spec.model_type!r}; "
                              "use --engine vllm for this model")
@@ -143,6 +146,7 @@ class TorchEncoderEngine:
                 ln2_w=w(p + "output.LayerNorm.weight"), ln2_b=w(p + "output.LayerNorm.bias"),
             ))
         self._dense = [self._load_dense(layer) for layer in spec.dense_layers]
+        self._fused_norm = fused_kernels and triton_available(self._device)
         self._graphs = None
         if self._device.type == "cuda" and use_cuda_graphs:
             from arctic_embed.engines.cuda_graphs import PaddedGraphs
@@ -208,14 +212,13 @@ class TorchEncoderEngine:
         return out
 
     def _encoder(self, x: torch.Tensor, attend) -> torch.Tensor:  # noqa: ANN001 - attend: qkv -> context
-        hidden = x.shape[-1]
+        fused = self._fused_norm
         for layer in self._layers:
             ctx = attend(F.linear(x, layer.qkv_w, layer.qkv_b))
-            x = F.layer_norm(F.linear(ctx, layer.out_w, layer.out_b) + x, (hidden,), layer.ln1_w, layer.ln1_b,
-                             self._eps)
+            x = add_layer_norm(F.linear(ctx, layer.out_w, layer.out_b), x, layer.ln1_w, layer.ln1_b, self._eps, fused)
             h = self._act(F.linear(x, layer.ffn_in_w, layer.ffn_in_b))
-            x = F.layer_norm(F.linear(h, layer.ffn_out_w, layer.ffn_out_b) + x, (hidden,), layer.ln2_w,
-                             layer.ln2_b, self._eps)
+            x = add_layer_norm(F.linear(h, layer.ffn_out_w, layer.ffn_out_b), x, layer.ln2_w, layer.ln2_b, self._eps,
+                               fused)
         return x
 
     def _embeddings(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
