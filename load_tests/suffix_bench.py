@@ -313,6 +313,74 @@ def replay_batched(traces: list[Trace], res: WorkloadResult, args: argparse.Name
             batched.stop_request(r)
 
 
+# ------------------------------------------------------------------------------------------------ end to end
+def e2e_worker(args: argparse.Namespace) -> dict[str, object]:
+    """SmolLM2 in vLLM (float32, greedy), without and with `"method": "suffix"` (our proposer), same prompts in
+    one process: output tokens/s, identical text, acceptance. Runs in a child process of the bench."""
+    import os
+
+    from arctic_gen.testing import cpu_vllm_env, smollm2
+
+    cpu_vllm_env()
+    from transformers import AutoTokenizer
+    from vllm import LLM, SamplingParams
+
+    model = str(smollm2())
+    tok = AutoTokenizer.from_pretrained(model)
+    prompts = []
+    for i in range(args.e2e_prompts):
+        code, old, new = SMOLLM2_PROMPTS[i % len(SMOLLM2_PROMPTS)]
+        if i >= len(SMOLLM2_PROMPTS):
+            old, new = new, old + "_v2"
+            code = code.replace(SMOLLM2_PROMPTS[i % len(SMOLLM2_PROMPTS)][1], old)
+        msgs = [{"role": "user", "content": f"Rewrite this code, renaming the variable `{old}` to `{new}`. "
+                                            f"Output the complete code.\n\n```python\n{code}```"}]
+        prompts.append(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False))
+    params = SamplingParams(temperature=0.0, max_tokens=args.e2e_max_tokens, ignore_eos=True)
+    spec = {"method": "suffix", "num_speculative_tokens": args.max_spec_tokens}
+    out: dict[str, object] = {"model": "SmolLM2-135M-Instruct (float32)", "prompts": len(prompts),
+                              "max_tokens": args.e2e_max_tokens, "threads": os.environ.get("VLLM_CPU_OMP_THREADS_BIND")}
+    texts: dict[str, list] = {}
+    for name, cfg in (("nospec", None), ("spec", spec)):
+        llm = LLM(model=model, dtype="float32", max_model_len=2048, enforce_eager=True,
+                  kv_cache_memory_bytes=256 * 2**20, speculative_config=cfg, disable_log_stats=False,
+                  max_num_seqs=max(args.e2e_concurrency, 1))
+        llm.generate(prompts[:1], SamplingParams(temperature=0.0, max_tokens=8))  # warm-up
+        before = {m.name: getattr(m, "value", 0) for m in llm.get_metrics() if "spec_decode" in m.name}
+        t0 = time.perf_counter()
+        results = []
+        for start in range(0, len(prompts), args.e2e_concurrency):  # waves of `concurrency` requests
+            results += llm.generate(prompts[start:start + args.e2e_concurrency], params, use_tqdm=False)
+        elapsed = time.perf_counter() - t0
+        texts[name] = [r.outputs[0].token_ids for r in results]
+        out[f"{name}_tokens_per_s"] = round(sum(len(t) for t in texts[name]) / elapsed, 2)
+        if cfg is not None:
+            after = {m.name: getattr(m, "value", 0) for m in llm.get_metrics() if "spec_decode" in m.name}
+            delta = {k.removeprefix("vllm:spec_decode_"): after.get(k, 0) - before.get(k, 0) for k in after}
+            drafts, proposed, accepted = delta.get("num_drafts", 0), delta.get("num_draft_tokens", 0), \
+                delta.get("num_accepted_tokens", 0)
+            out["drafts"], out["draft_tokens"], out["accepted_tokens"] = drafts, proposed, accepted
+            out["acceptance_rate"] = round(accepted / proposed, 4) if proposed else None
+            out["mean_accepted_len"] = round(accepted / drafts, 3) if drafts else None
+        del llm
+    out["identical_text"] = texts["spec"] == texts["nospec"]
+    out["identical_prompts"] = sum(a == b for a, b in zip(texts["spec"], texts["nospec"], strict=True))
+    out["speedup"] = round(out["spec_tokens_per_s"] / out["nospec_tokens_per_s"], 3)
+    return out
+
+
+def run_e2e(args: argparse.Namespace) -> dict[str, object] | None:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--e2e-worker",
+           "--max-spec-tokens", str(args.max_spec_tokens), "--e2e-prompts", str(args.e2e_prompts),
+           "--e2e-max-tokens", str(args.e2e_max_tokens), "--e2e-concurrency", str(args.e2e_concurrency)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("E2E "):
+            return json.loads(line[4:])
+    print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+    return None
+
+
 # ------------------------------------------------------------------------------------------------------- main
 def _median_us(values: list[int] | list[float]) -> float:
     return round(statistics.median(values) / 1000, 3) if values else float("nan")
@@ -342,7 +410,16 @@ def main() -> None:
     ap.add_argument("--no-smollm2", action="store_true", help="skip the SmolLM2-generated workload")
     ap.add_argument("--out", type=Path, default=None, help="result JSON (default: results/suffix_<date>.json)")
     ap.add_argument("--no-record", action="store_true", help="print only; write no result files")
+    ap.add_argument("--e2e", action="store_true", help="also run SmolLM2 in vLLM with and without suffix decoding")
+    ap.add_argument("--e2e-prompts", type=int, default=8)
+    ap.add_argument("--e2e-max-tokens", type=int, default=256)
+    ap.add_argument("--e2e-concurrency", type=int, default=1, help="requests per generate call in the e2e run")
+    ap.add_argument("--e2e-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.e2e_worker:
+        print("E2E " + json.dumps(e2e_worker(args)), flush=True)
+        return
+    e2e = run_e2e(args) if args.e2e else None
 
     workloads: dict[str, list[Trace]] = {
         "code_edit": code_edit_traces(args.requests),
@@ -372,11 +449,11 @@ def main() -> None:
         "ours_update_us": _median_us(pooled(lambda r: r.ours.update_ns)),
         "arctic_update_us": _median_us(pooled(lambda r: r.arctic.update_ns)),
         "same_draft_fraction": round(sum(r.same_drafts for r in results) / sum(r.queries for r in results), 5),
-        # End-to-end vLLM figures (part 3 of issue 5) are not measured by this script.
-        "spec_tokens_per_s": None,
-        "nospec_tokens_per_s": None,
-        "identical_text": None,
-        "mean_accepted_len": None,
+        # End-to-end vLLM figures (with --e2e; null otherwise).
+        "spec_tokens_per_s": e2e["spec_tokens_per_s"] if e2e else None,
+        "nospec_tokens_per_s": e2e["nospec_tokens_per_s"] if e2e else None,
+        "identical_text": e2e["identical_text"] if e2e else None,
+        "mean_accepted_len": e2e["mean_accepted_len"] if e2e else None,
         "commit": _git_commit(),
     }
     summary["speculate_speedup"] = round(summary["arctic_speculate_us"] / summary["ours_speculate_us"], 2)
@@ -409,7 +486,8 @@ def main() -> None:
         }
         for r in results
     }
-    summary["settings"] = {k: v for k, v in vars(args).items() if k not in ("out", "no_record")}
+    summary["e2e"] = e2e
+    summary["settings"] = {k: v for k, v in vars(args).items() if k not in ("out", "no_record", "e2e_worker")}
     summary["settings"]["arctic_inference"] = "0.3.0"
     summary["machine"] = f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip()
     summary["date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -431,7 +509,11 @@ def main() -> None:
                 f"arctic-inference 0.3.0: speculate {summary['ours_speculate_us']} µs vs "
                 f"{summary['arctic_speculate_us']} µs ({summary['speculate_speedup']}x), update "
                 f"{summary['ours_update_us']} µs vs {summary['arctic_update_us']} µs ({summary['update_speedup']}x), "
-                f"same draft {summary['same_draft_fraction']:.2%} · {out.name}\n")
+                f"same draft {summary['same_draft_fraction']:.2%}"
+                + (f"; vLLM SmolLM2 e2e {e2e['spec_tokens_per_s']} vs {e2e['nospec_tokens_per_s']} tok/s "
+                   f"({e2e['speedup']}x), identical text {e2e['identical_text']}, acceptance {e2e['acceptance_rate']}, "
+                   f"mean accepted {e2e['mean_accepted_len']}" if e2e else "")
+                + f" · {out.name}\n")
     print(f"wrote {out}")
 
 
