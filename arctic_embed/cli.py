@@ -37,6 +37,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--torch-threads", type=int, default=r.torch_threads, help="per CPU replica (0 = share cores)")
     p.add_argument("--replica-startup-timeout", type=float, default=d.replica_startup_timeout_s)
     p.add_argument("--drain-grace", type=float, default=d.drain_grace_s, help="seconds to drain on SIGTERM")
+    p.add_argument("--gateways", type=int, default=1,
+                   help="gateway processes sharing the port (SO_REUSEPORT); each runs its own tokenizer workers and "
+                        "replicas. Scales request handling past one Python process (needs an explicit --port)")
     p.add_argument("--log-level", default=os.environ.get("ARCTIC_EMBED_LOG_LEVEL", "INFO"))
 
 
@@ -92,6 +95,11 @@ def main(argv: list[str] | None = None) -> None:
                             format="%(asctime)s gateway[%(process)d] %(levelname)s %(name)s: %(message)s")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        if args.gateways > 1:
+            from arctic_embed.gateways import run_gateways
+
+            raise SystemExit(run_gateways(args.gateways, sys.argv[1:] if argv is None else argv, args.port,
+                                          args.metrics_port))
         from arctic_embed.grpc.server import run
 
         run(config_from_args(args))

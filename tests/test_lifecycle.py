@@ -128,3 +128,17 @@ def test_sigterm_drains_in_flight_requests_then_exits() -> None:
     worker.join(120)
     assert len(result["response"].embeddings) == 40  # finished although SIGTERM came first
     assert server.process.wait(60) == 0
+
+
+def test_several_gateways_share_one_port_and_stop_together() -> None:
+    from arctic_embed.testing import free_port
+
+    port = free_port()
+    server = start_server(["--gateways", "2", "--replicas-per-device", "1", "--torch-threads", "1"], port=port)
+    try:
+        for _ in range(3):  # fresh channels: connections land on either gateway
+            with EmbedClient(server.target) as client:
+                assert client.embed(["one", "two"]).shape == (2, 384)
+                assert client.info().n_healthy_replicas == 1
+    finally:
+        assert server.stop() == 0
