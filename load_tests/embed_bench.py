@@ -200,7 +200,7 @@ def main() -> None:
             rows.append({"path": "grpc", "device": args.device_name, "input_tokens": n_tokens, "batch": batch,
                          "concurrency": concurrency, "gpu_util_pct": sampler.mean,
                          **{k: summary[k] for k in ("tokens_per_s", "requests_per_s", "p50_ms", "p99_ms", "failed",
-                                                    "failures")}})
+                                                    "failures", "server_mean_ms")}})
             print(json.dumps(rows[-1]), flush=True)
     finally:
         if server is not None:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+STAGES = ("tokenize", "queue", "inference", "total")
+
 
 @dataclass
 class LoadResult:
@@ -18,6 +20,8 @@ class LoadResult:
     tokens: int = 0
     failures: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
+    stage_ns: dict[str, int] = field(default_factory=dict)
+    """Sums of the server's per-response stage timings (tokenize, queue, inference, total)."""
     started: float = 0.0
     finished: float = 0.0
 
@@ -27,6 +31,8 @@ class LoadResult:
         for k, v in other.failures.items():
             self.failures[k] = self.failures.get(k, 0) + v
         self.latencies_ms += other.latencies_ms
+        for k, v in other.stage_ns.items():
+            self.stage_ns[k] = self.stage_ns.get(k, 0) + v
         self.started = min(self.started, other.started) if self.started else other.started
         self.finished = max(self.finished, other.finished)
 
@@ -35,7 +41,8 @@ class LoadResult:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.zeros(1)
         return {"requests": self.requests, "tokens": self.tokens, "failed": sum(self.failures.values()),
                 "failures": self.failures, "tokens_per_s": self.tokens / wall, "requests_per_s": self.requests / wall,
-                "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)), "wall_s": wall}
+                "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)), "wall_s": wall,
+                "server_mean_ms": {k: v / 1e6 / max(self.requests, 1) for k, v in self.stage_ns.items()}}
 
 
 async def _drive(target: str, requests: list[bytes], concurrency: int, duration_s: float,
@@ -69,6 +76,9 @@ async def _drive(target: str, requests: list[bytes], concurrency: int, duration_
             result.latencies_ms.append((time.perf_counter() - t0) * 1e3)
             result.requests += 1
             result.tokens += response.total_tokens
+            t = response.timings
+            for name in STAGES:
+                result.stage_ns[name] = result.stage_ns.get(name, 0) + getattr(t, name + "_ns")
 
     await embed(requests[0], timeout=600)  # warm-up, not counted
     result.started = time.perf_counter()
