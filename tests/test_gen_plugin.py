@@ -275,6 +275,26 @@ def test_default_engine_config_is_untouched_and_arctic_options_travel(plugged, m
 
 
 @pytest.mark.vllm
+def test_plugin_refuses_unsupported_versions_and_double_patching(plugged, monkeypatch) -> None:
+    from arctic_gen import plugin
+
+    monkeypatch.delenv("ARCTIC_GEN_SKIP_VERSION_CHECK", raising=False)
+    with pytest.raises(UnsupportedVllmVersion, match="0.25.0"):
+        plugin.register(registry=PatchRegistry(), version="0.25.0")
+    monkeypatch.setenv("ARCTIC_GEN_SKIP_VERSION_CHECK", "1")
+    with pytest.raises(AlreadyPatched):  # forced past the version check, but this process is patched already
+        plugin.register(registry=PatchRegistry(), version="0.25.0")
+
+
+@pytest.mark.vllm
+def test_pooling_engine_config_is_untouched(plugged, model_dir) -> None:
+    EngineArgs, _ = plugged
+    config = EngineArgs(model=model_dir, runner="pooling", max_model_len=256,
+                        kv_cache_memory_bytes=32 * 2**20).create_engine_config()
+    assert "arctic" not in config.additional_config and config.speculative_config is None
+
+
+@pytest.mark.vllm
 def test_unavailable_method_is_rejected_at_start_up(plugged, model_dir, monkeypatch) -> None:
     from arctic_gen.patches import engine_args as patch
 

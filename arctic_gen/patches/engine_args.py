@@ -183,6 +183,8 @@ PATCHES = (
         build=_build_engine_args,
         replaces=("__init__", "add_cli_args", "from_cli_args", "create_engine_config"),
         adds=PARALLEL_FIELDS,
+        notes="Same code in 0.26.0 and 0.32.0 (dataclass __init__, staticmethod add_cli_args, classmethod "
+              "from_cli_args, create_engine_config(usage_context, headless)).",
     ),
     Patch(
         name="async_engine_args.arctic_arguments",
@@ -190,5 +192,6 @@ PATCHES = (
         versions=VERSIONS,
         build=_build_async_engine_args,
         replaces=("__init__",),
+        notes="Same in 0.26.0 and 0.32.0: the subclass's generated __init__ does not call EngineArgs.__init__.",
     ),
 )

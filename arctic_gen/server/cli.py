@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     if config.max_concurrent_streams < 1:
         raise SystemExit("--max-concurrent-streams must be >= 1")
     engine_args = AsyncEngineArgs.from_cli_args(argparse.Namespace(**vars(args)))
+    if engine_args.speculative_config and vars(args).get("per_request_spec_decode_metrics") == "none":
+        # vLLM >= 0.32 can count drafts per request: the last message's speculation stats are then exact.
+        engine_args.per_request_spec_decode_metrics = "summary"
     uvloop.run(serve(engine_args, config))
     return 0
 

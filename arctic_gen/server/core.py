@@ -154,6 +154,16 @@ def _has_per_request_spec_metrics() -> bool:
     return "spec_decode_metrics" in {f.name for f in dataclasses.fields(CompletionOutput)}
 
 
+def _vllm_error_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(admission-control errors, client errors) of this vLLM: both exist from 0.32 on, neither in 0.26 (where a
+    bad request is a ValueError and there is no admission control)."""
+    try:
+        from vllm.exceptions import MaxQueuedTokensError, QueueOverflowError, VLLMClientError
+    except ImportError:
+        return (), ()
+    return (QueueOverflowError, MaxQueuedTokensError), (VLLMClientError,)
+
+
 class GenerationCore:
     """Streams requests through one AsyncLLM, with admission control."""
 
@@ -279,17 +289,17 @@ class GenerationCore:
     # -- streaming --
 
     def _translate(self, exc: BaseException) -> BaseException:
+        """vLLM errors as ours: bad request → InvalidArgument, admission control → Overloaded, dead → Unavailable."""
+        from vllm.exceptions import VLLMValidationError
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
         if isinstance(exc, EngineDeadError):
             return Unavailable(f"engine is dead: {exc}")
-        cause = exc.__cause__ if isinstance(exc, EngineGenerateError) else exc
-        if isinstance(cause, (ValueError, TypeError)):
-            return InvalidArgument(str(cause))
-        name = type(cause).__name__
-        if name in ("QueueOverflowError", "MaxQueuedTokensError"):  # vLLM >= 0.32 admission control
-            return Overloaded(str(cause) or name)
-        if name in ("VLLMValidationError", "VLLMClientError", "VLLMUnprocessableEntityError"):
+        cause = exc.__cause__ if isinstance(exc, EngineGenerateError) and exc.__cause__ is not None else exc
+        overload, client = _vllm_error_types()
+        if isinstance(cause, overload):
+            return Overloaded(str(cause) or type(cause).__name__)
+        if isinstance(cause, (ValueError, TypeError, VLLMValidationError, *client)):
             return InvalidArgument(str(cause))
         return exc
 
@@ -352,8 +362,10 @@ class GenerationCore:
             metrics = completion.spec_decode_metrics if self._per_request_spec else None
             if metrics is not None:
                 summary = metrics.to_dict()
-                spec = SpeculationStats(True, summary["num_spec_steps"], summary["num_draft_tokens"],
-                                        summary["num_accepted_draft_tokens"], completion_tokens / max(steps, 1), True)
+                accepted = summary["num_accepted_draft_tokens"]
+                decode_steps = max(completion_tokens - accepted, 1)  # every step yields 1 + its accepted drafts
+                spec = SpeculationStats(True, decode_steps, summary["num_draft_tokens"], accepted,
+                                        completion_tokens / decode_steps, True)
             else:
                 spec = SpeculationStats(True, steps, 0, max(completion_tokens - steps, 0), completion_tokens / steps)
         stop_reason = "" if completion.stop_reason is None else str(completion.stop_reason)
