@@ -5,6 +5,8 @@ INVALID_ARGUMENT with the server alive, health and reflection."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 
@@ -126,6 +128,16 @@ def test_cancelled_stream_frees_its_engine_slot(client) -> None:
     assert after.active_streams == 1
     background.close()
     _wait_for(lambda: client.info().engine_unfinished == 0)
+
+
+def test_client_process_that_dies_mid_stream_frees_its_engine_slot(client, server) -> None:
+    code = ("import os, sys; from arctic_gen.client import GenerateClient\n"
+            "stream = GenerateClient(sys.argv[1]).stream(text='gone', max_tokens=480, ignore_eos=True)\n"
+            "next(stream); next(stream); print('streaming', flush=True); os._exit(0)\n")
+    out = subprocess.run([sys.executable, "-c", code, server.target], capture_output=True, text=True, timeout=120)
+    assert "streaming" in out.stdout, out.stderr[-2000:]
+    _wait_for(lambda: (i := client.info()).engine_unfinished == 0 and i.active_streams == 0)
+    assert server.alive()
 
 
 def test_deadline_and_abort_free_the_engine(client) -> None:
