@@ -152,8 +152,9 @@ NB_MODULE(_suffix_tree, m) {
              return c.global_tree().num_tokens();
            })
       .def("append_list",
-           [](SuffixCacheCore& c, int32_t slot, int32_t seq, const Tokens& t) {
-             c.append(slot, seq, t.data(), t.size());
+           [](SuffixCacheCore& c, int32_t slot, int32_t seq, nb::list t) {
+             TokenView v(t.ptr());
+             c.append(slot, seq, v.data(), v.size());
              return c.global_tree().num_tokens();
            })
       .def("append_token",
@@ -166,8 +167,9 @@ NB_MODULE(_suffix_tree, m) {
              return cache_speculate(c, slot, ctx.data(), ctx.shape(0), k, f, o, p);
            })
       .def("speculate_list",
-           [](SuffixCacheCore& c, int32_t slot, const Tokens& ctx, int32_t k, float f, float o, float p) {
-             return cache_speculate(c, slot, ctx.data(), ctx.size(), k, f, o, p);
+           [](SuffixCacheCore& c, int32_t slot, nb::list ctx, int32_t k, float f, float o, float p) {
+             TokenView v(ctx.ptr());
+             return cache_speculate(c, slot, v.data(), v.size(), k, f, o, p);
            })
       // Batched entry points for a whole decoding step: plain Python lists in and out (no packing).
       .def("append_many",
