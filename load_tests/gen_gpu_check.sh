@@ -7,11 +7,10 @@
 #
 # Before the device call (here, on the CPU machine):
 #   - stage vLLM 0.26.0 as ../shared/DEVICE.md says (prepare.sh → .vstage000 … .vstage014, one `run` per chunk);
-#   - wheels the device lacks, for cp312, into .whl/ (git-ignored):  grpcio-tools grpcio-health-checking
-#     grpcio-reflection (same minor as the device's grpcio 1.84), e.g.
-#       python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-#         "grpcio-tools==1.84.*" "grpcio-health-checking==1.84.*" "grpcio-reflection==1.84.*"
+#   - `bash load_tests/gen_gpu_check.sh --prepare`: the cp312 wheels the device lacks into .whl/ (git-ignored):
+#     grpcio + grpcio-tools, grpcio-health-checking, grpcio-reflection 1.85 (shadowing the device's grpcio 1.84, as
+#     the embedding checks do) for the protos and the server, cmake + ninja for the native build (~42 MB; carry it
+#     with carry=[".whl"]). Keep one version per package in .whl: everything there is installed together.
 #   - optional: SmolLM2 (python -m arctic_gen.testing builds .cache/models/smollm2-135m-instruct-v1, 269 MB: carry
 #     it in chunks) and pass SMOLLM2_DIR=...; without it the check uses the tiny random Llama built on the device.
 # On the device, in the same warm hold as the staging:
@@ -21,9 +20,18 @@
 #   SERVE_ARGS="--dtype float32 --kv-cache-memory-bytes 67108864" bash load_tests/gen_gpu_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [[ "${1:-}" == "--prepare" ]]; then
+  grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+  ${PIP:-python3 -m pip} download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+    "grpcio==${GRPC_VERSION:-1.85.3}" "grpcio-tools==${GRPC_TOOLS_VERSION:-1.85.1}" \
+    "grpcio-health-checking==${GRPC_TOOLS_VERSION:-1.85.1}" "grpcio-reflection==${GRPC_TOOLS_VERSION:-1.85.1}" cmake ninja
+  ls -la .whl; du -sh .whl
+  exit 0
+fi
 OUT=${OUT:-/tmp/gen_gpu_check}
 mkdir -p "$OUT"
-export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export ARCTIC_MODEL_CACHE=${ARCTIC_MODEL_CACHE:-/tmp/arctic-models}
 export VLLM_CACHE_ROOT=${VLLM_CACHE_ROOT:-/tmp/vllm-cache}

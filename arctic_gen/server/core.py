@@ -410,7 +410,7 @@ class GenerationCore:
             "active_streams": self.active_streams,
             "engine_running": self.stats.running,
             "engine_waiting": self.stats.waiting,
-            "engine_unfinished": self.engine.get_num_unfinished_requests(),
+            "engine_unfinished": self.engine.output_processor.get_num_unfinished_requests(),
             "spec_num_drafts": self.stats.spec_num_drafts,
             "spec_draft_tokens": self.stats.spec_draft_tokens,
             "spec_accepted_tokens": self.stats.spec_accepted_tokens,
