@@ -19,6 +19,7 @@ cpu_vllm_env()
 pytestmark = pytest.mark.vllm
 
 MAX_STREAMS = 64
+STREAM_TOKENS = 200  # long enough that all 64 streams are in flight together
 PROMPTS = [
     "Hello world the model", "Write an essay about the importance of higher education.", "one two three four",
     "The river and the mountain", "def rename variable return value", "grpc stream server request response",
@@ -92,14 +93,16 @@ def test_64_concurrent_streams_then_backpressure(server, client) -> None:
 
             async def one(i: int):
                 n = 0
-                async for response in aclient.stream(text=PROMPTS[i % len(PROMPTS)], max_tokens=120,
+                async for response in aclient.stream(text=PROMPTS[i % len(PROMPTS)], max_tokens=STREAM_TOKENS,
                                                      temperature=0.0, ignore_eos=True, request_id=f"c{i}"):
                     n += len(response.token_ids)
                     await gate.wait()
                 return n, response
 
             tasks = [asyncio.create_task(one(i)) for i in range(MAX_STREAMS)]
+            deadline = time.monotonic() + 120
             while (await aclient.info()).active_streams < MAX_STREAMS:
+                assert time.monotonic() < deadline, "the 64 streams never ran at once"
                 await asyncio.sleep(0.05)
             with pytest.raises(grpc.aio.AioRpcError) as excinfo:
                 await aclient.generate(text="one too many", max_tokens=4)
@@ -110,7 +113,7 @@ def test_64_concurrent_streams_then_backpressure(server, client) -> None:
     results = asyncio.run(run())
     assert len(results) == MAX_STREAMS
     for n, last in results:
-        assert n == 120 and last.usage.completion_tokens == 120 and last.finish_reason == 2
+        assert n == STREAM_TOKENS and last.usage.completion_tokens == STREAM_TOKENS and last.finish_reason == 2
     assert client.info().active_streams == 0
 
 
