@@ -20,6 +20,10 @@ INFERENCE_DURATION = Histogram("arctic_embed_inference_duration_seconds", "Engin
 TOTAL_DURATION = Histogram("arctic_embed_request_duration_seconds", "Total time per request", buckets=_LATENCY_BUCKETS)
 BATCH_INPUTS = Histogram("arctic_embed_request_inputs", "Inputs per request",
                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096))
+ENGINE_BATCH_SEQUENCES = Histogram("arctic_embed_engine_batch_sequences", "Sequences per engine batch (replicas)",
+                                   buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096))
+ENGINE_BATCH_TOKENS = Histogram("arctic_embed_engine_batch_tokens", "Tokens per engine batch (replicas)",
+                                buckets=(16, 64, 256, 1024, 4096, 16384, 65536, 262144))
 QUEUED_TOKENS = Gauge("arctic_embed_queued_tokens", "Tokens admitted and not yet answered")
 REPLICAS_READY = Gauge("arctic_embed_replicas_ready", "Replicas ready to serve")
 REPLICA_RESTARTS = Counter("arctic_embed_replica_restarts_total", "Replica processes restarted after dying")

@@ -37,6 +37,8 @@ class _Pending:
     parts: list[memoryview] = field(default_factory=list)
     scales: list[memoryview] = field(default_factory=list)
     inference_ns: int = 0
+    batches: list[tuple[int, int]] = field(default_factory=list)
+    """(sequences, tokens) of the engine batches this item opened (for the gateway's batch-size metrics)."""
 
 
 class Replica:
@@ -131,6 +133,8 @@ class Replica:
             self._fail(s.item.work_id, exc)
 
     def _collect(self, batch: list[BatchSlice], encoded: EncodedBatch, elapsed_ns: int) -> None:
+        batch_sequences = sum(s.end - s.start for s in batch)
+        batch_tokens = sum(int(s.item.offsets[s.end] - s.item.offsets[s.start]) for s in batch)
         for g, s in enumerate(batch):
             with self._lock:
                 pending = self._pending.get(s.item.work_id)
@@ -140,6 +144,8 @@ class Replica:
             if encoded.scales[g] is not None:
                 pending.scales.append(encoded.scales[g])
             pending.inference_ns += elapsed_ns
+            if g == 0:  # each engine batch is reported once, by its first item
+                pending.batches.append((batch_sequences, batch_tokens))
             if s.last:
                 with self._lock:
                     self._pending.pop(s.item.work_id, None)
@@ -152,7 +158,7 @@ class Replica:
         if pending.scales:
             buffers.append(pending.scales[0] if len(pending.scales) == 1 else b"".join(pending.scales))
         meta = {"id": item.work_id, "queue_ns": item.started_ns - item.enqueued_ns,
-                "inference_ns": pending.inference_ns}
+                "inference_ns": pending.inference_ns, "batches": pending.batches}
         self._sock.send(Frame(Kind.RESULT, meta, buffers))
 
     def _fail(self, work_id: int, exc: BaseException) -> None:

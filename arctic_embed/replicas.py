@@ -237,6 +237,9 @@ class ReplicaManager:
             if work.future.done():
                 continue
             if frame.kind == Kind.RESULT:
+                for sequences, tokens in frame.meta["batches"]:
+                    metrics.ENGINE_BATCH_SEQUENCES.observe(sequences)
+                    metrics.ENGINE_BATCH_TOKENS.observe(tokens)
                 scales = frame.buffers[1] if len(frame.buffers) > 1 else None
                 work.future.set_result(ReplicaResult(frame.buffers[0], scales, int(frame.meta["queue_ns"]),
                                                      int(frame.meta["inference_ns"])))

@@ -173,8 +173,11 @@ class EmbedCore:
         if queued + total_tokens > self.config.max_queued_tokens:
             raise Overloaded(f"server busy: {queued} tokens queued, limit {self.config.max_queued_tokens}; retry")
         metrics.QUEUED_TOKENS.set(queued + total_tokens)
-        results = await asyncio.gather(*(self.replicas.submit(ids, lengths, options, job.priority)
-                                         for ids, lengths in self._chunks(batch)))
+        try:
+            results = await asyncio.gather(*(self.replicas.submit(ids, lengths, options, job.priority)
+                                             for ids, lengths in self._chunks(batch)))
+        finally:
+            metrics.QUEUED_TOKENS.set(self.replicas.outstanding_tokens)
         dim = options.dimensions or self.spec.dim
         data, scales = _join(results, has_scales(options.dtype))
         finished = time.perf_counter_ns()

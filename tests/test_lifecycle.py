@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from arctic_embed.client import AsyncEmbedClient, EmbedClient, build_request
-from arctic_embed.testing import start_server
+from arctic_embed.testing import free_port, start_server
 from arctic_protos.arctic.embed.v1 import embed_pb2 as pb
 from arctic_protos.arctic.embed.v1 import embed_pb2_grpc as pb_grpc
 from arctic_protos.arctic_inference import inference_pb2, inference_pb2_grpc
@@ -18,10 +18,13 @@ LONG = "word " * 300  # truncated to 256 tokens
 BIG = [LONG] * 1000  # 256K tokens: tens of seconds on a 2-core CPU
 
 
+METRICS_PORT = free_port()
+
+
 @pytest.fixture(scope="module")
 def server():
     server = start_server(["--replicas-per-device", "1", "--torch-threads", "2", "--max-queued-tokens", "270000",
-                           "--drain-grace", "20"])
+                           "--drain-grace", "20", "--metrics-port", str(METRICS_PORT)])
     yield server
     server.stop()
 
@@ -131,8 +134,6 @@ def test_sigterm_drains_in_flight_requests_then_exits() -> None:
 
 
 def test_several_gateways_share_one_port_and_stop_together() -> None:
-    from arctic_embed.testing import free_port
-
     port = free_port()
     server = start_server(["--gateways", "2", "--replicas-per-device", "1", "--torch-threads", "1"], port=port)
     try:
@@ -142,3 +143,23 @@ def test_several_gateways_share_one_port_and_stop_together() -> None:
                 assert client.info().n_healthy_replicas == 1
     finally:
         assert server.stop() == 0
+
+
+def test_prometheus_metrics(server, stub) -> None:
+    import urllib.request
+
+    stub.Embed(build_request(["metrics one", "metrics two"]), timeout=60)
+    with pytest.raises(grpc.RpcError):
+        stub.Embed(pb.EmbedRequest(), timeout=10)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).read().decode()
+    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+              if line and not line.startswith("#")}
+    assert values['arctic_embed_requests_total{rpc="Embed"}'] >= 2
+    assert values['arctic_embed_request_failures_total{code="INVALID_ARGUMENT",rpc="Embed"}'] >= 1
+    assert values["arctic_embed_replicas_ready"] == 1
+    assert values["arctic_embed_queued_tokens"] == 0  # nothing left behind once requests are answered
+    for name in ("queue", "tokenize", "inference"):
+        assert values[f"arctic_embed_{name}_duration_seconds_count"] >= 1
+    assert values["arctic_embed_request_duration_seconds_count"] >= 1
+    assert values["arctic_embed_engine_batch_sequences_count"] >= 1
+    assert values["arctic_embed_engine_batch_tokens_sum"] >= 8
