@@ -87,7 +87,10 @@ class TokenizerPool:
             return TokenBatch.from_arrays([])
         if len(texts) <= INLINE_MAX_TEXTS and sum(len(t) for t in texts) <= INLINE_MAX_CHARS:
             return self._inline.encode(texts, options)
-        parts = min(self._n, max(1, len(texts) // MIN_TEXTS_PER_SPLIT))
+        # Split across idle workers only: under load every worker is busy anyway, and one message per request
+        # costs the gateway half as much as two.
+        idle = sum(not w.pending for w in self._workers)
+        parts = max(1, min(idle, len(texts) // MIN_TEXTS_PER_SPLIT))
         if parts == 1:
             return await self._tokenize_one(texts, options)
         step = -(-len(texts) // parts)
