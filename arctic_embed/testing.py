@@ -79,6 +79,18 @@ def wait_serving(target: str, timeout_s: float = 120.0, process: subprocess.Pope
     raise TimeoutError(f"{target} not serving after {timeout_s}s")
 
 
+def stop_process(process: subprocess.Popen, timeout_s: float = 30.0) -> int:
+    """SIGTERM (a server drains), then SIGKILL after `timeout_s`; returns the exit code."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 @dataclass
 class ServerProcess:
     process: subprocess.Popen
@@ -86,14 +98,7 @@ class ServerProcess:
     port: int
 
     def stop(self, timeout_s: float = 30.0) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, timeout_s)
 
 
 def start_server(args: Sequence[str] = (), port: int | None = None, timeout_s: float = 180.0,

@@ -207,14 +207,9 @@ class GenServer:
         return self.process.poll() is None
 
     def stop(self, timeout_s: float = 30.0) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        from arctic_embed.testing import stop_process
+
+        return stop_process(self.process, timeout_s)
 
 
 def start_gen_server(model: str | os.PathLike, args: list[str], log_path: str | os.PathLike,
