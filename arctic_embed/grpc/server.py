@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from arctic_embed import metrics
 from arctic_embed.config import ServerConfig
 from arctic_embed.grpc import arctic_compat, servicer
-from arctic_embed.grpc.errors import ErrorInterceptor
+from arctic_embed.grpc.errors import embed_error_interceptor
 from arctic_embed.model_files import read_model_spec
 from arctic_embed.replicas import ReplicaManager
 from arctic_embed.service import EmbedCore
@@ -58,7 +58,7 @@ class EmbedServer:
         await asyncio.gather(self._pool.start(), self._replicas.start())
         self.core = EmbedCore(config, spec, self._pool, self._replicas)
 
-        server = aio.server(interceptors=[ErrorInterceptor()], options=grpc_options(config))
+        server = aio.server(interceptors=[embed_error_interceptor()], options=grpc_options(config))
         self._service_names = [servicer.add_to_server(self.core, server),
                                arctic_compat.add_to_server(self.core, server)]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

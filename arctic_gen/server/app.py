@@ -13,7 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from arctic_gen.server.core import EngineStats, GenerationCore
-from arctic_gen.server.servicer import ErrorInterceptor, GenerateServicer
+from arctic_gen.server.servicer import GenerateServicer, error_interceptor
 from arctic_protos.arctic.gen.v1 import generate_pb2, generate_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class GenerateServer:
         options = [("grpc.max_receive_message_length", config.max_message_bytes),
                    ("grpc.max_send_message_length", config.max_message_bytes),
                    ("grpc.so_reuseport", 0)]
-        self.server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
+        self.server = grpc.aio.server(interceptors=[error_interceptor()], options=options)
         generate_pb2_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(core), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 
-import grpc
-
+from arctic_embed.grpc.errors import StatusInterceptor
 from arctic_gen.server.core import ChatMessage, Delta, GenerateInput, GenerationCore, Sampling
 from arctic_gen.server.errors import GenerateError, InvalidArgument, status_code
 from arctic_protos.arctic.gen.v1 import generate_pb2, generate_pb2_grpc
@@ -102,46 +101,6 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
         return generate_pb2.InfoResponse(**self.core.info())
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
+def error_interceptor() -> StatusInterceptor:
     """Maps `GenerateError`s to their status (errors.STATUS_CODES); anything else is INTERNAL with a log line."""
-
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-
-        async def fail(context, exc: Exception):
-            code = status_code(exc)
-            if not isinstance(exc, GenerateError):
-                logger.exception("unexpected error in %s", method)
-            await context.abort(code, str(exc) or type(exc).__name__)
-
-        if handler.unary_unary is not None:
-            inner_unary = handler.unary_unary
-
-            async def unary_unary(request, context):
-                try:
-                    return await inner_unary(request, context)
-                except Exception as exc:
-                    if isinstance(exc, grpc.aio.AbortError):
-                        raise
-                    await fail(context, exc)
-
-            return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer,
-                                                       handler.response_serializer)
-        if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
-
-            async def unary_stream(request, context):
-                try:
-                    async for response in inner_stream(request, context):
-                        yield response
-                except Exception as exc:
-                    if isinstance(exc, grpc.aio.AbortError):
-                        raise
-                    await fail(context, exc)
-
-            return grpc.unary_stream_rpc_method_handler(unary_stream, handler.request_deserializer,
-                                                        handler.response_serializer)
-        return handler
+    return StatusInterceptor(status_code, GenerateError)
