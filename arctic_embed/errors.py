@@ -5,6 +5,8 @@ The core (tokenization, batching, replicas, engines, encoding) raises these; onl
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import grpc
 
 
@@ -46,10 +48,15 @@ STATUS_BY_ERROR: dict[type[EmbedError], grpc.StatusCode] = {
 }
 
 
-def status_code_for(error: BaseException) -> grpc.StatusCode:
-    """The gRPC status for an error; anything unexpected is INTERNAL."""
+def lookup_status(error: BaseException, table: Mapping[type, grpc.StatusCode]) -> grpc.StatusCode:
+    """The status of the nearest class of `error` in `table`; anything unexpected is INTERNAL."""
     for cls in type(error).__mro__:
-        code = STATUS_BY_ERROR.get(cls)  # type: ignore[arg-type]
+        code = table.get(cls)
         if code is not None:
             return code
     return grpc.StatusCode.INTERNAL
+
+
+def status_code_for(error: BaseException) -> grpc.StatusCode:
+    """The gRPC status for an embedding-service error."""
+    return lookup_status(error, STATUS_BY_ERROR)

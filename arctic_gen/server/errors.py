@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import grpc
 
+from arctic_embed.errors import lookup_status
+
 
 class GenerateError(Exception):
     """Base of the errors a client can cause or see."""
@@ -35,7 +37,4 @@ STATUS_CODES: dict[type[GenerateError], grpc.StatusCode] = {
 
 def status_code(error: BaseException) -> grpc.StatusCode:
     """The gRPC status for an error; anything unexpected is INTERNAL."""
-    for kind in type(error).__mro__:
-        if kind in STATUS_CODES:
-            return STATUS_CODES[kind]
-    return grpc.StatusCode.INTERNAL
+    return lookup_status(error, STATUS_CODES)
