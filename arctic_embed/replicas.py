@@ -76,7 +76,6 @@ class ReplicaManager:
         self._closing = False
         self._monitor: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
-        self._ready_event = asyncio.Event()
 
     # ------------------------------------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -126,7 +125,6 @@ class ReplicaManager:
         metrics.REPLICAS_READY.set(self.n_ready)
         log.info("replica %d ready on %s (pid %s) in %.1fs", replica.index, replica.device, replica.pid,
                  replica.ready_at - replica.started_at)
-        self._ready_event.set()
         self._unpark()
 
     async def close(self) -> None:
@@ -180,8 +178,8 @@ class ReplicaManager:
     def _dispatch(self, work: _Work) -> None:
         ready = [r for r in self.replicas if r.state == "ready"]
         if not ready:
-            if not any(r.state == "starting" for r in self.replicas) and self._closing:
-                work.future.set_exception(Unavailable("no healthy replica"))
+            if self._closing:  # nothing will come back up: close() already failed the parked work
+                work.future.set_exception(Unavailable("server is shutting down"))
                 return
             self._parked.append(work)
             self._spawn_task(self._expire_parked(work))

@@ -127,6 +127,8 @@ def hf_padded_tokens_per_s(model_path: Path, n_tokens: int, device: str, duratio
 
 def parity(target: str, model_path: Path, texts: list[str]) -> float:
     """Min cosine between the server's vectors and our torch engine in float32 on the CPU (the reference path)."""
+    import torch
+
     from arctic_embed.client import EmbedClient
     from arctic_embed.encoding import OutputOptions, encode_rows
     from arctic_embed.engines.torch_encoder import TorchEncoderEngine
@@ -138,7 +140,7 @@ def parity(target: str, model_path: Path, texts: list[str]) -> float:
     engine.load(spec, "cpu", "float32")
     batch = TextTokenizer(model_path, spec.max_input_tokens).encode(texts, TokenizeOptions())
     rows, _ = encode_rows(engine.embed(batch.ids, batch.lengths), OutputOptions())
-    ref = rows.view(__import__("torch").float32).numpy()
+    ref = rows.view(torch.float32).numpy()
     with EmbedClient(target) as client:
         together = client.embed(texts, dtype="float16").astype(np.float32)  # one big batch: the packed path
         alone = np.concatenate([client.embed([t], dtype="float16") for t in texts]).astype(np.float32)  # graphs

@@ -122,7 +122,6 @@ class TorchEncoderEngine:
         roberta_like = spec.model_type != "bert"
         self._position_offset = int(config.get("pad_token_id", 1)) + 1 if roberta_like else 0
         state = _strip_prefix(_load_state_dict(spec.path))
-        self._vocab_size = int(state["embeddings.word_embeddings.weight"].shape[0])
 
         def w(key: str) -> torch.Tensor:
             return state[key].to(device=self._device, dtype=self._dtype).contiguous()
@@ -163,10 +162,6 @@ class TorchEncoderEngine:
     def info(self) -> EngineInfo:
         assert self._spec is not None
         return EngineInfo("torch", str(self._dtype).removeprefix("torch."), str(self._device), self._spec.dim)
-
-    @property
-    def vocab_size(self) -> int:
-        return self._vocab_size
 
     # ------------------------------------------------------------------------------------------------ forward
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
