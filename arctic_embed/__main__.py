@@ -1,3 +1,3 @@
 from arctic_embed.cli import main
 
-main()
+raise SystemExit(main())

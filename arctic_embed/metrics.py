@@ -7,7 +7,11 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                     10.0, 30.0)
 
-REQUESTS = Counter("arctic_embed_requests_total", "Embedding requests received", ["rpc"])
+REQUESTS = Counter("arctic_embed_requests_total",
+                   "gRPC calls received, by method name (every service on the port: health and reflection too)",
+                   ["rpc"])
+HTTP_REQUESTS = Counter("arctic_embed_http_requests_total", "HTTP requests answered, by route and status code",
+                        ["route", "code"])
 FAILURES = Counter("arctic_embed_request_failures_total", "Requests that ended with an error", ["rpc", "code"])
 INPUTS = Counter("arctic_embed_inputs_total", "Inputs embedded")
 TOKENS = Counter("arctic_embed_tokens_total", "Tokens embedded")
@@ -26,6 +30,11 @@ ENGINE_BATCH_TOKENS = Histogram("arctic_embed_engine_batch_tokens", "Tokens per 
                                 buckets=(16, 64, 256, 1024, 4096, 16384, 65536, 262144))
 QUEUED_TOKENS = Gauge("arctic_embed_queued_tokens", "Tokens admitted and not yet answered")
 REPLICAS_READY = Gauge("arctic_embed_replicas_ready", "Replicas ready to serve")
+REPLICAS_FAILED = Gauge("arctic_embed_replicas_failed",
+                        "Replicas taken out of routing because they keep failing (restarted with backoff)")
+REPLICA_BATCH_FAILURES = Counter("arctic_embed_replica_batch_failures_total", "Engine batches that failed")
+TOKENIZER_WORKERS_ALIVE = Gauge("arctic_embed_tokenizer_workers_alive", "Tokenizer worker processes running")
+TOKENIZER_RESTARTS = Counter("arctic_embed_tokenizer_restarts_total", "Tokenizer workers restarted after dying")
 REPLICA_RESTARTS = Counter("arctic_embed_replica_restarts_total", "Replica processes restarted after dying")
 
 

@@ -178,8 +178,9 @@ def main() -> None:
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--config", required=True)
     args = parser.parse_args()
-    logging.basicConfig(level=os.environ.get("ARCTIC_EMBED_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s replica[%(process)d] %(levelname)s %(message)s")
+    from arctic_embed.logs import configure as configure_logging
+
+    configure_logging(os.environ.get("ARCTIC_EMBED_LOG_LEVEL", "INFO"), role="replica")  # ARCTIC_LOG_FORMAT
     sock = FrameSocket(worker_socket(args.fd))
     config = ReplicaConfig(**json.loads(args.config))
     try:
