@@ -72,10 +72,20 @@ class ServerConfig:
     """On SIGTERM: seconds in-flight requests get to finish."""
     stream_max_in_flight: int = 64
     """EmbedStream: requests of one stream processed at once."""
+    http_port: int = 8080
+    """OpenAI `/v1/embeddings` and TEI `/embed` over HTTP on this port, same core as gRPC; 0 = off."""
+    access_log: bool = False
+    """One log line per request (gRPC and HTTP): method, status, duration, peer."""
     replica: ReplicaConfig = field(default_factory=ReplicaConfig)
 
     def resolved_model_path(self) -> Path:
-        return Path(self.model_path) if self.model_path else default_model_path()
+        """The model directory: a local path, a Hugging Face Hub id (downloaded into / found in the HF cache), or
+        the bundled model. Raises `arctic_embed.hub.ModelNotFound` with a one-line reason."""
+        if not self.model_path:
+            return default_model_path()
+        from arctic_embed.hub import resolve_model
+
+        return resolve_model(self.model_path)
 
     def resolved_devices(self) -> list[str]:
         if self.devices:

@@ -8,12 +8,14 @@ import signal
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from arctic_embed import metrics
 from arctic_embed.config import ServerConfig
 from arctic_embed.grpc import arctic_compat, servicer
+from arctic_embed.grpc.access_log import AccessLogInterceptor
 from arctic_embed.grpc.errors import embed_error_interceptor
+from arctic_embed.grpc.reflection import enable_reflection
+from arctic_embed.logs import access_logger
 from arctic_embed.model_files import read_model_spec
 from arctic_embed.replicas import ReplicaManager
 from arctic_embed.service import EmbedCore
@@ -46,6 +48,9 @@ class EmbedServer:
         self._pool: TokenizerPool | None = None
         self._replicas: ReplicaManager | None = None
         self._watch: asyncio.Task | None = None
+        self.http_port = 0
+        self._http = None
+        self._draining = False
 
     async def start(self) -> int:
         config = self.config
@@ -58,19 +63,30 @@ class EmbedServer:
         await asyncio.gather(self._pool.start(), self._replicas.start())
         self.core = EmbedCore(config, spec, self._pool, self._replicas)
 
-        server = aio.server(interceptors=[embed_error_interceptor()], options=grpc_options(config))
+        access = access_logger(config.access_log)
+        interceptors = [embed_error_interceptor()]
+        if access is not None:
+            interceptors.insert(0, AccessLogInterceptor(access))
+        server = aio.server(interceptors=interceptors, options=grpc_options(config))
         self._service_names = [servicer.add_to_server(self.core, server),
                                arctic_compat.add_to_server(self.core, server)]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            [*self._service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME], server)
+        enable_reflection([*self._service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name],
+                          server)
         self.port = server.add_insecure_port(f"{config.host}:{config.port}")
         await server.start()
         self._server = server
         await self._set_health(True)
         self._watch = asyncio.create_task(self._watch_replicas())
         metrics.serve_metrics(config.metrics_port)
+        if config.http_port:
+            from arctic_embed.http.app import build_app
+            from arctic_embed.http.server import HttpServer
+
+            app = build_app(self.core, lambda: bool(self._replicas and self._replicas.n_ready) and not self._draining,
+                            config.max_message_bytes, access)
+            self._http = HttpServer(app, config.host, config.http_port, config.drain_grace_s)
+            self.http_port = await self._http.start()
         log.info("serving %s on %s:%d (%d replicas, %d tokenizer workers, engine %s)", self.core.model_name,
                  config.host, self.port, len(self._replicas.replicas), config.tokenizer_workers,
                  config.replica.engine)
@@ -94,9 +110,13 @@ class EmbedServer:
         """Graceful drain: report NOT_SERVING, refuse new RPCs, let in-flight ones finish, then stop workers."""
         if self._watch:
             self._watch.cancel()
+        self._draining = True
         await _maybe_await(self._health.enter_graceful_shutdown())
-        if self._server:
-            await self._server.stop(self.config.drain_grace_s if grace_s is None else grace_s)
+        grace = self.config.drain_grace_s if grace_s is None else grace_s
+        stops = [self._server.stop(grace)] if self._server else []
+        if self._http is not None:
+            stops.append(self._http.stop())
+        await asyncio.gather(*stops)
         if self._replicas:
             await self._replicas.close()
         if self._pool:
