@@ -105,6 +105,8 @@ def start_server(args: Sequence[str] = (), port: int | None = None, timeout_s: f
                  log_path: str | None = None) -> ServerProcess:
     """Start `arctic-embed serve` (the command `make serve` runs) as a subprocess and wait until it serves."""
     port = port or free_port()
+    if not any(a == "--http-port" or a.startswith("--http-port=") for a in args):
+        args = [*args, "--http-port", "0"]  # HTTP off unless asked for: test servers must not share port 8080
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     process = subprocess.Popen([sys.executable, "-m", "arctic_embed", "serve", "--host", "127.0.0.1", "--port",
