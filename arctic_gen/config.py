@@ -22,6 +22,7 @@ from typing import Any
 
 ADDITIONAL_CONFIG_KEY = "arctic"
 SPECULATIVE_METHODS = ("arctic", "suffix")
+MAX_SEQUENCE_PARALLEL = 64
 # vLLM's own field names for its built-in suffix method, and ours (Arctic Inference's names).
 _VLLM_SUFFIX_NAMES = {
     "suffix_decoding_max_tree_depth": "suffix_cache_max_depth",
@@ -79,7 +80,8 @@ class ArcticParallelConfig:
     """Ulysses sequence parallelism and Shift Parallelism (switching between sequence and tensor parallelism)."""
 
     ulysses_sequence_parallel_size: int = 1
-    """Ranks that split each sequence (Ulysses all-to-all attention). 1 = off. Only 1 is implemented in this build."""
+    """Ranks that split each sequence (Ulysses all-to-all attention). 1 = off. The world is TP x SP x PP ranks; the
+    model's heads per TP rank must split over SP (checked against the model when the engine config is built)."""
     enable_shift_parallel: bool = False
     """Switch to tensor parallelism across the same GPUs when a step is small (needs ulysses size > 1)."""
     shift_parallel_threshold: int = 512
@@ -89,10 +91,10 @@ class ArcticParallelConfig:
         _int("ulysses_sequence_parallel_size", self.ulysses_sequence_parallel_size, minimum=1)
         _bool("enable_shift_parallel", self.enable_shift_parallel)
         _int("shift_parallel_threshold", self.shift_parallel_threshold, minimum=0)
-        if self.ulysses_sequence_parallel_size > 1:
+        if self.ulysses_sequence_parallel_size > MAX_SEQUENCE_PARALLEL:
             raise ConfigError(
-                f"ulysses_sequence_parallel_size={self.ulysses_sequence_parallel_size}: Ulysses sequence parallelism "
-                "is not implemented in this build yet; use 1 (scale with tensor_parallel_size meanwhile)"
+                f"ulysses_sequence_parallel_size={self.ulysses_sequence_parallel_size}: at most "
+                f"{MAX_SEQUENCE_PARALLEL} ranks per sequence (one host); use tensor_parallel_size for the rest"
             )
         if self.enable_shift_parallel and self.ulysses_sequence_parallel_size == 1:
             raise ConfigError(
@@ -126,7 +128,12 @@ class ArcticSpeculativeConfig:
     enable_suffix_decoding: bool = False
     """Method "arctic": also draft from the suffix trees (always on for method "suffix")."""
     disable_by_batch_size: int | None = None
-    """Stop speculating while this many or more requests run (large batches are compute-bound); None = never."""
+    """Only the first this-many running requests of the batch draft (Arctic's rule); None = every request."""
+    hard_disable_by_batch_size: int | None = None
+    """No request drafts while this many or more requests run; None = never."""
+    adaptive_draft_length: bool = True
+    """Trim each step's drafts to the length that maximizes expected tokens per second, from measured step costs
+    and acceptance (`arctic_gen.spec_decode.budget`); False = verify every draft as proposed."""
     suffix_cache_max_depth: int = 64
     """Deepest suffix-tree path kept (a sliding window over each sequence), in tokens."""
     suffix_max_spec_factor: float = 1.0
@@ -148,6 +155,9 @@ class ArcticSpeculativeConfig:
         _bool("speculative_config.enable_suffix_decoding", self.enable_suffix_decoding)
         if self.disable_by_batch_size is not None:
             _int("speculative_config.disable_by_batch_size", self.disable_by_batch_size, minimum=1)
+        if self.hard_disable_by_batch_size is not None:
+            _int("speculative_config.hard_disable_by_batch_size", self.hard_disable_by_batch_size, minimum=1)
+        _bool("speculative_config.adaptive_draft_length", self.adaptive_draft_length)
         _int("speculative_config.suffix_cache_max_depth", self.suffix_cache_max_depth, minimum=1)
         _float("speculative_config.suffix_max_spec_factor", self.suffix_max_spec_factor, low=0.0)
         _float("speculative_config.suffix_max_spec_offset", self.suffix_max_spec_offset)

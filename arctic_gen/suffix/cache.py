@@ -48,10 +48,12 @@ class SuffixDraftBatch:
 
     token_ids: drafted tokens per request (the form vLLM's proposers return).
     scores: each draft's score (see SuffixDraft.score).
+    probs: each draft token's estimated probability (see SuffixDraft.probs); from speculate_rows only, else None.
     """
 
     token_ids: list[list[int]]
     scores: list[float]
+    probs: list[list[float]] | None = None
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -240,9 +242,10 @@ class SuffixCache:
         """`speculate` for many requests whose tokens are rows of one 2-D int32 table (vLLM's `token_ids_cpu`):
         request i's context is token_table[rows[i], :ends[i]] (its last max_depth tokens), read in place."""
         slots = [e[0] for e in self._entries(req_ids)]
-        drafts, scores = self._core.speculate_rows(slots, token_table, list(rows), list(ends), list(max_spec_tokens),
-                                                   max_spec_factor, max_spec_offset, min_token_prob)
-        return SuffixDraftBatch(drafts, scores)
+        drafts, scores, probs = self._core.speculate_rows(slots, token_table, list(rows), list(ends),
+                                                          list(max_spec_tokens), max_spec_factor, max_spec_offset,
+                                                          min_token_prob)
+        return SuffixDraftBatch(drafts, scores, probs)
 
     # -------------------------------------------------------------------------------------------- diagnostics
     def check_integrity(self) -> str:

@@ -111,6 +111,17 @@ nb::list drafts_list(const std::vector<std::vector<int32_t>>& drafts) {
   return out;
 }
 
+nb::list probs_list(const std::vector<std::vector<float>>& probs) {
+  nb::list out;
+  for (const auto& d : probs) {
+    PyObject* l = PyList_New(static_cast<Py_ssize_t>(d.size()));
+    if (!l) throw nb::python_error();
+    for (size_t j = 0; j < d.size(); ++j) PyList_SET_ITEM(l, static_cast<Py_ssize_t>(j), PyFloat_FromDouble(d[j]));
+    out.append(nb::steal(l));
+  }
+  return out;
+}
+
 }  // namespace
 
 NB_MODULE(_suffix_tree, m) {
@@ -215,8 +226,8 @@ NB_MODULE(_suffix_tree, m) {
              }
              const int64_t width = static_cast<int64_t>(table.shape(1));
              std::vector<std::vector<int32_t>> drafts(static_cast<size_t>(n));
+             std::vector<std::vector<float>> probs(static_cast<size_t>(n));
              nb::list scores;
-             std::vector<float> probs;
              for (Py_ssize_t i = 0; i < n; ++i) {
                const int64_t row = int_at(rows.ptr(), i), end = int_at(ends.ptr(), i);
                const int32_t k = std::max(int_at(limits.ptr(), i), 0);
@@ -225,17 +236,19 @@ NB_MODULE(_suffix_tree, m) {
                }
                const int64_t begin = std::max<int64_t>(0, end - c.max_depth());
                auto& d = drafts[static_cast<size_t>(i)];
+               auto& q = probs[static_cast<size_t>(i)];
                d.resize(static_cast<size_t>(k));
-               probs.resize(static_cast<size_t>(k));
+               q.resize(static_cast<size_t>(k));
                float score;
                int32_t match_len;
                const int32_t len = c.speculate(int_at(slots.ptr(), i), table.data() + row * width + begin,
                                                static_cast<size_t>(end - begin), params(k, f, o, p), d.data(),
-                                               probs.data(), &score, &match_len);
+                                               q.data(), &score, &match_len);
                d.resize(static_cast<size_t>(len));
+               q.resize(static_cast<size_t>(len));
                scores.append(score);
              }
-             return nb::make_tuple(drafts_list(drafts), scores);
+             return nb::make_tuple(drafts_list(drafts), scores, probs_list(probs));
            })
       .def("remove_global", [](SuffixCacheCore& c, int32_t seq) { c.global_tree().remove(seq); })
       .def("global_contains", [](SuffixCacheCore& c, int32_t seq) { return c.global_tree().contains(seq); })
