@@ -10,8 +10,10 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+from arctic_embed.grpc.access_log import AccessLogInterceptor
+from arctic_embed.grpc.reflection import enable_reflection
+from arctic_embed.logs import access_logger
 from arctic_gen.server.core import EngineStats, GenerationCore
 from arctic_gen.server.servicer import GenerateServicer, error_interceptor
 from arctic_protos.arctic.gen.v1 import generate_pb2, generate_pb2_grpc
@@ -35,6 +37,10 @@ class ServerConfig:
     """On SIGTERM/SIGINT: health NOT_SERVING, then this long for running streams before they are cancelled."""
     max_message_bytes: int = 16 * 2**20
     """Largest request/response message."""
+    metrics_port: int = 0
+    """Prometheus metrics over HTTP on this port (vLLM's `vllm:*` engine metrics); 0 = off."""
+    access_log: bool = False
+    """One log line per RPC: method, status, duration, peer."""
 
 
 class GenerateServer:
@@ -46,12 +52,14 @@ class GenerateServer:
         options = [("grpc.max_receive_message_length", config.max_message_bytes),
                    ("grpc.max_send_message_length", config.max_message_bytes),
                    ("grpc.so_reuseport", 0)]
-        self.server = grpc.aio.server(interceptors=[error_interceptor()], options=options)
+        interceptors: list[grpc.aio.ServerInterceptor] = [error_interceptor()]
+        access = access_logger(config.access_log)
+        if access is not None:
+            interceptors.insert(0, AccessLogInterceptor(access))
+        self.server = grpc.aio.server(interceptors=interceptors, options=options)
         generate_pb2_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(core), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.server)
+        enable_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), self.server)
         self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
         self._watch: asyncio.Task | None = None
 
@@ -68,6 +76,10 @@ class GenerateServer:
 
     async def start(self) -> None:
         await self.server.start()
+        if self.config.metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(self.config.metrics_port, addr=self.config.host)
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._watch = asyncio.create_task(self._watch_engine())
