@@ -2,7 +2,13 @@
 
 The serving limit comes from `sentence_bert_config.json` (`max_seq_length`), not from the tokenizer file, which
 may carry fixed padding/truncation of its own. Pooling mode, normalization, prompts and dense layers come from
-`modules.json` and the module directories.
+`modules.json` and the module directories, read the way sentence-transformers reads them (legacy `pooling_mode_*`
+flags or the newer `pooling_mode` string; a Dense config without `activation_function` means Tanh).
+
+A directory without sentence-transformers files gets its family's documented default (`FAMILY_DEFAULT_POOLING`):
+mean pooling for encoders (what sentence-transformers itself does when it wraps a plain transformers model) and
+last-token pooling for decoder embedders (Qwen3-Embedding, e5-mistral, gte-Qwen2). `ModelSpec.pooling_source` says
+which one applied, and `Info` reports it.
 """
 
 from __future__ import annotations
@@ -11,7 +17,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-POOLING_MODES = ("mean", "cls", "max", "lasttoken", "mean_sqrt_len")
+POOLING_MODES = ("mean", "cls", "max", "lasttoken", "mean_sqrt_len", "weightedmean")
+_MODE_NAMES = {"mean_sqrt_len_tokens": "mean_sqrt_len", "mean_tokens": "mean", "cls_token": "cls",
+               "max_tokens": "max", "weightedmean_tokens": "weightedmean"}
+DENSE_DEFAULT_ACTIVATION = "torch.nn.modules.activation.Tanh"
+"""sentence-transformers' `Dense` default; its saves may omit the key when it is the default."""
+DECODER_MODEL_TYPES = ("qwen2", "qwen3", "mistral", "llama", "gemma", "gemma2", "gemma3", "gemma3_text", "phi3")
+FAMILY_DEFAULT_POOLING = {"decoder": "lasttoken", "encoder": "mean"}
 
 
 @dataclass(frozen=True)
@@ -23,6 +35,7 @@ class DenseLayer:
     out_features: int
     bias: bool
     activation: str
+    residual: bool = False
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,10 @@ class ModelSpec:
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
     dense_layers: tuple[DenseLayer, ...] = ()
+    pooling_source: str = "modules.json"
+    """Where `pooling` came from: "modules.json", or "default for <family>" when the directory has no
+    sentence-transformers Pooling module."""
+    include_prompt: bool = True
 
 
 def _read_json(path: Path) -> dict:
@@ -51,10 +68,15 @@ def _read_json(path: Path) -> dict:
 
 def _pooling_mode(config: dict) -> str:
     if "pooling_mode" in config:
-        return str(config["pooling_mode"])
+        mode = config["pooling_mode"]
+        if isinstance(mode, list):
+            if len(mode) != 1:
+                raise ValueError(f"concatenated pooling modes {mode} are not supported; use one mode")
+            mode = mode[0]
+        return _MODE_NAMES.get(str(mode), str(mode))
     for key, mode in (("pooling_mode_cls_token", "cls"), ("pooling_mode_lasttoken", "lasttoken"),
                       ("pooling_mode_max_tokens", "max"), ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len"),
-                      ("pooling_mode_mean_tokens", "mean")):
+                      ("pooling_mode_weightedmean_tokens", "weightedmean"), ("pooling_mode_mean_tokens", "mean")):
         if config.get(key):
             return mode
     return "mean"
@@ -69,15 +91,20 @@ def read_model_spec(path: str | Path, name: str | None = None) -> ModelSpec:
     st_config = _read_json(root / "sentence_bert_config.json")
     st_meta = _read_json(root / "config_sentence_transformers.json")
     modules = _read_json(root / "modules.json") if (root / "modules.json").is_file() else []
-    hidden = int(config.get("hidden_size") or config.get("d_model") or 0)
+    hidden = int(config.get("hidden_size") or config.get("d_model") or config.get("dim") or 0)
     max_positions = int(config.get("max_position_embeddings", 512))
     # RoBERTa-style models reserve padding_idx + 1 positions.
     if config.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
         max_positions -= int(config.get("pad_token_id", 1)) + 1
+    elif config.get("model_type") == "mpnet":  # MPNet's position padding index is fixed at 1
+        max_positions -= 2
     max_tokens = int(st_config.get("max_seq_length") or max_positions)
     max_tokens = min(max_tokens, max_positions)
 
-    pooling = "cls" if config.get("model_type") not in (None, "bert") and not modules else "mean"
+    family = "decoder" if config.get("model_type") in DECODER_MODEL_TYPES else "encoder"
+    pooling = FAMILY_DEFAULT_POOLING[family]
+    pooling_source = f"default for {family} models (no sentence-transformers Pooling module)"
+    include_prompt = True
     normalize = False
     dense: list[DenseLayer] = []
     dim = hidden
@@ -85,7 +112,10 @@ def read_model_spec(path: str | Path, name: str | None = None) -> ModelSpec:
         kind = str(module.get("type", ""))
         module_dir = root / module.get("path", "")
         if kind.endswith("Pooling"):
-            pooling = _pooling_mode(_read_json(module_dir / "config.json"))
+            pooling_cfg = _read_json(module_dir / "config.json")
+            pooling = _pooling_mode(pooling_cfg)
+            pooling_source = "modules.json"
+            include_prompt = bool(pooling_cfg.get("include_prompt", True))
         elif kind.endswith("Normalize"):
             normalize = True
         elif kind.endswith("Dense"):
@@ -95,7 +125,8 @@ def read_model_spec(path: str | Path, name: str | None = None) -> ModelSpec:
                 in_features=int(dense_cfg["in_features"]),
                 out_features=int(dense_cfg["out_features"]),
                 bias=bool(dense_cfg.get("bias", True)),
-                activation=str(dense_cfg.get("activation_function", "torch.nn.modules.linear.Identity")),
+                activation=str(dense_cfg.get("activation_function") or DENSE_DEFAULT_ACTIVATION),
+                residual=bool(dense_cfg.get("use_residual", False)),
             )
             dense.append(layer)
             dim = layer.out_features
@@ -117,4 +148,6 @@ def read_model_spec(path: str | Path, name: str | None = None) -> ModelSpec:
         prompts={str(k): str(v) for k, v in (st_meta.get("prompts") or {}).items()},
         default_prompt_name=st_meta.get("default_prompt_name"),
         dense_layers=tuple(dense),
+        pooling_source=pooling_source,
+        include_prompt=include_prompt,
     )

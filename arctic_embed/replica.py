@@ -185,7 +185,7 @@ def main() -> None:
     config = ReplicaConfig(**json.loads(args.config))
     try:
         spec = read_model_spec(config.model_path)
-        engine = create_engine(config.engine, config.vllm_kv_cache_bytes)
+        engine = create_engine(config.engine, config.vllm_kv_cache_bytes, spec=spec)
         engine.load(spec, _device_for_process(config.device), config.dtype, config.torch_threads)
         # Warm up: the first batch pays for lazy initialisation (allocator, kernels, graphs).
         engine.embed(np.zeros(8, dtype=np.int32), np.array([8], dtype=np.int32))

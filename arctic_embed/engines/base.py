@@ -1,4 +1,5 @@
-"""The engine seam: load a model, embed a packed batch of token ids, describe yourself."""
+"""The engine seam: load a model, embed a packed batch of token ids, describe yourself, say whether you are healthy
+and how big a batch you take (TEI's backend trait: health, max batch, embed)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,25 @@ class EngineInfo:
     model_dtype: str
     device: str
     dim: int
+    architecture: str = ""
+    pooling: str = ""
+    pooling_source: str = ""
+    """"modules.json", or the family default that applied (see `arctic_embed.model_files`)."""
+
+
+@dataclass(frozen=True)
+class EngineHealth:
+    ok: bool
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """What one `embed` call may hold; the replica's batcher should stay within these."""
+
+    max_batch_tokens: int
+    max_batch_size: int
+    max_input_tokens: int
 
 
 class Engine(Protocol):
@@ -30,6 +50,11 @@ class Engine(Protocol):
         """
 
     def info(self) -> EngineInfo: ...
+
+    def health(self) -> EngineHealth:
+        """Run a tiny probe batch; unhealthy when it raises or returns non-finite values (take the replica out)."""
+
+    def limits(self) -> EngineLimits: ...
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
