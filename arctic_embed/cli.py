@@ -1,7 +1,7 @@
 """`arctic-embed`: serve the embedding service, or run a batch job against one.
 
     arctic-embed serve [--model DIR] [--engine torch|vllm] [--port 50050] ...
-    arctic-embed batch --target HOST:PORT --input texts.txt --output embeddings.npy
+    arctic-embed batch --input docs.jsonl --output vectors/ [--target HOST:PORT] ...
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from arctic_embed.config import ENGINES, MODEL_DTYPES, ReplicaConfig, ServerConfig
-from arctic_embed.encoding import OUTPUT_DTYPES
 from arctic_embed.envargs import EnvError, HelpFormatter, apply_env
 from arctic_embed.logs import LOG_FORMATS
 from arctic_embed.logs import configure as configure_logging
@@ -134,30 +133,9 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _batch_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("batch", help="embed a file of texts (one per line) through a running server")
-    p.add_argument("--target", default="localhost:50050")
-    p.add_argument("--input", required=True, help="text file, one input per line ('-' = stdin)")
-    p.add_argument("--output", required=True, help=".npy file to write")
-    p.add_argument("--dtype", choices=OUTPUT_DTYPES, default="float32")
-    p.add_argument("--dimensions", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--prefix", default="")
+    from arctic_embed.batch.cli import add_parser
 
-
-def _run_batch(args: argparse.Namespace) -> None:
-    import numpy as np
-
-    from arctic_embed.client import EmbedClient
-
-    stream = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
-    with stream:
-        texts = [line.rstrip("\n") for line in stream]
-    with EmbedClient(args.target) as client:
-        out = client.embed(texts, dtype=args.dtype, dimensions=args.dimensions, prefix=args.prefix,
-                           batch_size=args.batch_size, concurrency=args.concurrency)
-    np.save(args.output, out)
-    print(f"wrote {out.shape} {out.dtype} to {args.output}")
+    add_parser(sub)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
@@ -179,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args, argv)
-    _run_batch(args)
-    return 0
+    from arctic_embed.batch.cli import main as run_batch
+
+    return run_batch(args)
 
 
 if __name__ == "__main__":
