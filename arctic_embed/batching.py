@@ -1,7 +1,8 @@
 """The replica's queue: whole requests go in, engine batches bounded by a token budget come out.
 
-A request's sequences may be spread over several batches (a 2,000-input request does not hold up everyone else
-for its whole duration); batches are formed from the highest priority first, then first come first served.
+A request's sequences may be spread over several batches, taken round robin with the other requests of its
+priority (a 2,000-input request does not hold up everyone else for its whole duration); batches are formed from the
+highest priority first, then first come first served. Work marked `isolated` runs in batches of its own.
 Cancelling drops whatever of a request has not started yet. No transport here.
 """
 
@@ -27,6 +28,8 @@ class WorkItem:
     lengths: np.ndarray
     options: OutputOptions
     priority: int = 0
+    isolated: bool = False
+    """Run in engine batches of its own (work that was running when a replica died: a possible poison input)."""
     enqueued_ns: int = field(default_factory=time.perf_counter_ns)
     offsets: np.ndarray = field(init=False)
     next_seq: int = 0
@@ -97,6 +100,8 @@ class TokenBudgetQueue:
                     heapq.heappop(self._heap)
                     self._cancelled.discard(item.work_id)
                     continue
+                if item.isolated and batch:
+                    break  # it runs alone, in the next batch
                 start = item.next_seq
                 end = start
                 while end < item.n and seqs < self.max_batch_size:
@@ -113,6 +118,11 @@ class TokenBudgetQueue:
                 item.next_seq = end
                 batch.append(BatchSlice(item, start, end))
                 if end < item.n:
+                    # Round robin: the rest of a large item goes behind what is queued at its priority, so small
+                    # requests are not stuck behind all of its batches.
+                    heapq.heapreplace(self._heap, (-item.priority, next(self._seq), item))
                     break
                 heapq.heappop(self._heap)
+                if item.isolated:
+                    break
             return batch

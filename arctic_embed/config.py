@@ -72,6 +72,22 @@ class ServerConfig:
     """On SIGTERM: seconds in-flight requests get to finish."""
     stream_max_in_flight: int = 64
     """EmbedStream: requests of one stream processed at once."""
+    metrics_host: str = ""
+    """Interface of the metrics HTTP server; empty = the same as `host`."""
+    reuse_port: bool = False
+    """SO_REUSEPORT on the gRPC port: only for `--gateways N` children sharing one port on purpose."""
+    replica_max_consecutive_failures: int = 5
+    """A replica whose engine fails this many batches in a row leaves routing and is restarted (with backoff)."""
+    restart_backoff_max_s: float = 30.0
+    """Longest wait between restarts of a replica or tokenizer worker that keeps failing."""
+    api_key: str = ""
+    """When set, every call except health checks needs `authorization: Bearer <key>` (UNAUTHENTICATED otherwise)."""
+    tls_cert_file: str = ""
+    """PEM certificate chain: serve gRPC over TLS (with `tls_key_file`)."""
+    tls_key_file: str = ""
+    """PEM private key of `tls_cert_file`."""
+    tls_client_ca_file: str = ""
+    """PEM CA bundle: require client certificates signed by it (mutual TLS)."""
     http_port: int = 8080
     """OpenAI `/v1/embeddings` and TEI `/embed` over HTTP on this port, same core as gRPC; 0 = off."""
     access_log: bool = False

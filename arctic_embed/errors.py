@@ -38,6 +38,14 @@ class NotFound(EmbedError):
     """A request id that the server does not know (Abort)."""
 
 
+class EngineFailed(EmbedError):
+    """The model failed on this work on every replica it was tried on (details only in the server log)."""
+
+
+class StartupError(Exception):
+    """The server cannot start (model cannot load, port taken): one line for the operator, then exit 1."""
+
+
 STATUS_BY_ERROR: dict[type[EmbedError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -45,6 +53,7 @@ STATUS_BY_ERROR: dict[type[EmbedError], grpc.StatusCode] = {
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     Cancelled: grpc.StatusCode.CANCELLED,
     NotFound: grpc.StatusCode.NOT_FOUND,
+    EngineFailed: grpc.StatusCode.INTERNAL,
 }
 
 

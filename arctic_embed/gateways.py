@@ -38,7 +38,7 @@ def run_gateways(count: int, argv: list[str], port: int, metrics_port: int) -> i
     base = _strip_option(_strip_option(argv, "--gateways"), "--metrics-port")
     children = []
     for index in range(count):
-        extra = ["--metrics-port", str(metrics_port + index if metrics_port else 0)]
+        extra = ["--metrics-port", str(metrics_port + index if metrics_port else 0), "--reuse-port"]
         children.append(subprocess.Popen([sys.executable, "-m", "arctic_embed", *base, *extra]))
     log.info("started %d gateways on port %d", count, port)
 

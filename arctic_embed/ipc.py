@@ -32,6 +32,8 @@ class Kind(IntEnum):
     PING = 6
     PONG = 7
     SHUTDOWN = 8
+    STARTED = 9
+    """Replica → gateway: the work ids of the engine batch it is about to run (crash blame, see replicas.py)."""
 
 
 @dataclass

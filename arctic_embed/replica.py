@@ -27,6 +27,8 @@ from arctic_embed.workers import worker_socket
 
 log = logging.getLogger("arctic_embed.replica")
 PIPELINE_DEPTH = 2
+FAULT_EXIT_ENV = "ARCTIC_EMBED_FAULT_REPLICA_EXIT_ON_ID"
+"""Fault injection for crash-safety tests: the process exits when a batch holds this token id (unset normally)."""
 
 
 @dataclass
@@ -42,7 +44,8 @@ class _Pending:
 
 
 class Replica:
-    def __init__(self, sock: FrameSocket, config: ReplicaConfig, engine: Engine) -> None:
+    def __init__(self, sock: FrameSocket, config: ReplicaConfig, engine: Engine, fault_exit_id: int = -1) -> None:
+        self._fault_exit_id = fault_exit_id
         self._sock = sock
         self._config = config
         self._engine = engine
@@ -78,6 +81,7 @@ class Replica:
             lengths=np.frombuffer(frame.buffers[1], dtype=np.int32),
             options=options,
             priority=int(meta.get("priority", 0)),
+            isolated=bool(meta.get("isolate", False)),
         )
         with self._lock:
             self._pending[item.work_id] = _Pending(item)
@@ -102,6 +106,10 @@ class Replica:
 
     def _launch(self, batch: list[BatchSlice], launched: queue.Queue) -> None:
         started = time.perf_counter_ns()
+        # Tell the gateway what is about to run: if this process dies now, only this work is charged a retry.
+        self._sock.send(Frame(Kind.STARTED, {"ids": [s.item.work_id for s in batch]}))
+        if self._fault_exit_id >= 0 and any((s.item.ids == self._fault_exit_id).any() for s in batch):
+            os._exit(3)  # fault injection (tests, load_tests/reliability): an input that kills the process
         ids = np.concatenate([s.item.ids[s.item.offsets[s.start]:s.item.offsets[s.end]] for s in batch])
         lengths = np.concatenate([s.item.lengths[s.start:s.end] for s in batch])
         groups = []
@@ -196,7 +204,7 @@ def main() -> None:
     info = engine.info()
     sock.send(Frame(Kind.READY, {"engine": info.engine, "model_dtype": info.model_dtype, "device": info.device,
                                  "dim": info.dim, "pid": os.getpid()}))
-    replica = Replica(sock, config, engine)
+    replica = Replica(sock, config, engine, int(os.environ.get(FAULT_EXIT_ENV, "-1")))
     reader = threading.Thread(target=replica.read_loop, name="replica-reader", daemon=True)
     reader.start()
     replica.run()

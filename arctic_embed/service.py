@@ -6,6 +6,7 @@ The gRPC servicers (ours and the Arctic-compatible one) translate protobuf to `E
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -14,11 +15,15 @@ import numpy as np
 from arctic_embed import metrics
 from arctic_embed.config import ServerConfig
 from arctic_embed.encoding import OUTPUT_DTYPES, OutputOptions, has_scales, row_bytes
-from arctic_embed.errors import Cancelled, InvalidInput, NotFound, Overloaded
+from arctic_embed.errors import Cancelled, InvalidInput, NotFound, Overloaded, Unavailable
 from arctic_embed.model_files import ModelSpec
 from arctic_embed.replicas import ReplicaManager, ReplicaResult
 from arctic_embed.tokenization import TokenBatch, TokenizeOptions
 from arctic_embed.tokenizer_pool import TokenizerPool
+
+log = logging.getLogger(__name__)
+CHARS_PER_TOKEN_ESTIMATE = 4
+"""Admission estimates a text's tokens from its length before tokenizing (then corrects to the exact count)."""
 
 
 @dataclass
@@ -82,6 +87,11 @@ class EmbedCore:
         self.vocab_size = spec.vocab_size
         self._active: dict[str, asyncio.Task] = {}
         self._aborted: set[str] = set()
+        self.admitted_tokens = 0
+        """Tokens of requests admitted and not yet answered (estimates until tokenized): the backpressure figure."""
+        self.in_flight = 0
+        self._answered = 0
+        self.draining = False
 
     # ------------------------------------------------------------------------------------------- validation
     def _check_model(self, model: str) -> None:
@@ -164,20 +174,48 @@ class EmbedCore:
             if job.request_id and self._active.get(job.request_id) is task:
                 del self._active[job.request_id]
 
+    def estimate_tokens(self, job: EmbedJob) -> int:
+        """Tokens this request will cost, from its size alone (no tokenizing): exact for ids, about
+        CHARS_PER_TOKEN_ESTIMATE characters per token for texts, each capped at the model's limit."""
+        limit = self.spec.max_input_tokens
+        if job.token_ids:
+            return sum(min(limit, len(raw) // 4) if job.truncate else len(raw) // 4 for raw in job.token_ids)
+        extra = 2 + len(job.prefix) // CHARS_PER_TOKEN_ESTIMATE
+        return sum(min(limit, len(text) // CHARS_PER_TOKEN_ESTIMATE + extra) for text in job.texts)
+
+    def _admit(self, tokens: int) -> None:
+        """Admission before any expensive work: a request the queue cannot take is refused in microseconds."""
+        if self.draining:
+            raise Unavailable("server is shutting down; send the request to another replica")
+        queued = self.admitted_tokens
+        if queued and queued + tokens > self.config.max_queued_tokens:
+            raise Overloaded(f"server busy: {queued} tokens queued, limit {self.config.max_queued_tokens}; retry")
+        self.admitted_tokens = queued + tokens
+        metrics.QUEUED_TOKENS.set(self.admitted_tokens)
+
+    def _settle(self, tokens: int) -> None:
+        self.admitted_tokens -= tokens
+        metrics.QUEUED_TOKENS.set(self.admitted_tokens)
+
     async def _embed(self, job: EmbedJob, started: int) -> EmbedResult:
         options = self.output_options(job)
-        batch = await self.tokenize(job)
-        tokenized = time.perf_counter_ns()
-        total_tokens = batch.total
-        queued = self.replicas.outstanding_tokens
-        if queued + total_tokens > self.config.max_queued_tokens:
-            raise Overloaded(f"server busy: {queued} tokens queued, limit {self.config.max_queued_tokens}; retry")
-        metrics.QUEUED_TOKENS.set(queued + total_tokens)
+        self._check_model(job.model)
+        self._check_inputs(job)
+        reserved = self.estimate_tokens(job)
+        self._admit(reserved)
+        self.in_flight += 1
         try:
+            batch = await self.tokenize(job)
+            tokenized = time.perf_counter_ns()
+            total_tokens = batch.total
+            self.admitted_tokens += total_tokens - reserved  # the estimate corrected to the exact count
+            reserved = total_tokens
             results = await asyncio.gather(*(self.replicas.submit(ids, lengths, options, job.priority)
                                              for ids, lengths in self._chunks(batch)))
         finally:
-            metrics.QUEUED_TOKENS.set(self.replicas.outstanding_tokens)
+            self._settle(reserved)
+            self.in_flight -= 1
+            self._answered += 1
         dim = options.dimensions or self.spec.dim
         data, scales = _join(results, has_scales(options.dtype))
         finished = time.perf_counter_ns()
@@ -212,6 +250,26 @@ class EmbedCore:
                 chunks.append((batch.ids[offsets[start]:offsets[end]], batch.lengths[start:end]))
                 start = end
         return chunks
+
+    async def drain(self, stall_s: float, cap_s: float) -> int:
+        """Stop admitting (new requests get UNAVAILABLE at once) and wait for the admitted ones to finish.
+
+        Waits while requests keep completing: it gives up only when none has completed for `stall_s` seconds, or
+        after `cap_s` in all. Returns how many requests were still in flight when it stopped waiting."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        start = last_progress = loop.time()
+        answered = self._answered
+        while self.in_flight:
+            await asyncio.sleep(0.05)
+            now = loop.time()
+            if self._answered != answered:
+                answered, last_progress = self._answered, now
+            if now - last_progress > stall_s or now - start > cap_s:
+                log.warning("drain stops waiting with %d requests in flight (%.1fs, %.1fs without progress)",
+                            self.in_flight, now - start, now - last_progress)
+                break
+        return self.in_flight
 
     def abort(self, request_id: str) -> None:
         task = self._active.get(request_id)

@@ -11,10 +11,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from arctic_embed import metrics
 from arctic_embed.config import ServerConfig
+from arctic_embed.errors import StartupError
 from arctic_embed.grpc import arctic_compat, servicer
 from arctic_embed.grpc.access_log import AccessLogInterceptor
 from arctic_embed.grpc.errors import embed_error_interceptor
 from arctic_embed.grpc.reflection import enable_reflection
+from arctic_embed.grpc.transport import ApiKeyInterceptor, bind, server_credentials, server_options
 from arctic_embed.logs import access_logger
 from arctic_embed.model_files import read_model_spec
 from arctic_embed.replicas import ReplicaManager
@@ -25,16 +27,12 @@ log = logging.getLogger(__name__)
 BUNDLED_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 
+DRAIN_MAX_S = 600.0
+"""SIGTERM drain: admitted requests get this long in all (and `drain_grace_s` without any completing)."""
+
+
 def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
-    return [
-        ("grpc.max_receive_message_length", config.max_message_bytes),
-        ("grpc.max_send_message_length", config.max_message_bytes),
-        ("grpc.so_reuseport", 1),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.keepalive_permit_without_calls", 1),
-    ]
+    return server_options(config.max_message_bytes, config.reuse_port)
 
 
 class EmbedServer:
@@ -58,27 +56,39 @@ class EmbedServer:
         name = config.model_name or (BUNDLED_MODEL_NAME if not config.model_path else None)
         spec = read_model_spec(model_path, name)
         self._pool = TokenizerPool(str(model_path), spec.max_input_tokens, spec.do_lower_case,
-                                   config.tokenizer_workers)
+                                   config.tokenizer_workers, max_retries=config.max_retries,
+                                   backoff_max_s=config.restart_backoff_max_s)
         self._replicas = ReplicaManager(config, str(model_path))
-        await asyncio.gather(self._pool.start(), self._replicas.start())
+        started = await asyncio.gather(self._pool.start(), self._replicas.start(), return_exceptions=True)
+        failure = next((r for r in started if isinstance(r, BaseException)), None)
+        if failure is not None:
+            await self._replicas.close()
+            await self._pool.close()
+            if isinstance(failure, StartupError):
+                raise failure
+            raise StartupError(f"could not start: {failure}") from failure
         self.core = EmbedCore(config, spec, self._pool, self._replicas)
 
         access = access_logger(config.access_log)
         interceptors = [embed_error_interceptor()]
         if access is not None:
             interceptors.insert(0, AccessLogInterceptor(access))
+        if config.api_key:
+            interceptors.insert(len(interceptors) - 1, ApiKeyInterceptor(config.api_key))
         server = aio.server(interceptors=interceptors, options=grpc_options(config))
         self._service_names = [servicer.add_to_server(self.core, server),
                                arctic_compat.add_to_server(self.core, server)]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         enable_reflection([*self._service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name],
                           server)
-        self.port = server.add_insecure_port(f"{config.host}:{config.port}")
+        credentials = server_credentials(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file) \
+            if config.tls_cert_file else None
+        self.port = bind(server, f"{config.host}:{config.port}", credentials)
         await server.start()
         self._server = server
         await self._set_health(True)
         self._watch = asyncio.create_task(self._watch_replicas())
-        metrics.serve_metrics(config.metrics_port)
+        metrics.serve_metrics(config.metrics_port, config.metrics_host or config.host)
         if config.http_port:
             from arctic_embed.http.app import build_app
             from arctic_embed.http.server import HttpServer
@@ -113,7 +123,9 @@ class EmbedServer:
         self._draining = True
         await _maybe_await(self._health.enter_graceful_shutdown())
         grace = self.config.drain_grace_s if grace_s is None else grace_s
-        stops = [self._server.stop(grace)] if self._server else []
+        if self.core is not None:  # new requests get UNAVAILABLE at once; admitted ones run to the end
+            await self.core.drain(stall_s=grace, cap_s=DRAIN_MAX_S)
+        stops = [self._server.stop(min(grace, 1.0))] if self._server else []
         if self._http is not None:
             stops.append(self._http.stop())
         await asyncio.gather(*stops)
@@ -146,9 +158,15 @@ async def serve(config: ServerConfig) -> None:
 
 
 def run(config: ServerConfig) -> None:
+    """Serve until SIGTERM/SIGINT; a server that cannot start says why in one line and exits with status 1."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(serve(config))
+        runner = asyncio.run
     else:
-        uvloop.run(serve(config))
+        runner = uvloop.run
+    try:
+        runner(serve(config))
+    except (StartupError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        raise SystemExit(1) from None

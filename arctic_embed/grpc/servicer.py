@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
+import grpc
 from grpc import aio
 
 from arctic_embed import __version__
@@ -13,6 +15,7 @@ from arctic_embed.service import EmbedCore, EmbedJob, EmbedResult
 from arctic_protos.arctic.embed.v1 import embed_pb2 as pb
 from arctic_protos.arctic.embed.v1 import embed_pb2_grpc as pb_grpc
 
+log = logging.getLogger(__name__)
 DTYPE_NAMES = {
     pb.OUTPUT_DTYPE_UNSPECIFIED: "float32",
     pb.OUTPUT_DTYPE_FLOAT32: "float32",
@@ -86,24 +89,32 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
             except EmbedError as exc:
                 error = pb.ItemError(code=status_code_for(exc).value[0], message=str(exc))
                 await done.put(pb.EmbedStreamResponse(request_id=request.request_id, error=error))
+            except Exception:  # noqa: BLE001 - one item's surprise must not leave it unanswered
+                log.exception("unexpected error in an EmbedStream item")
+                error = pb.ItemError(code=grpc.StatusCode.INTERNAL.value[0], message="internal error")
+                await done.put(pb.EmbedStreamResponse(request_id=request.request_id, error=error))
             finally:
                 limit.release()
 
         async def feed() -> None:
-            async for request in request_iterator:
-                await limit.acquire()
-                task = asyncio.create_task(one(request))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            while tasks:
-                await asyncio.gather(*list(tasks), return_exceptions=True)
-            await done.put(None)
+            # Whatever ends the input (its end, a malformed message, a broken transport), the items already
+            # admitted are answered and then the stream ends: with OK, or with the error re-raised below.
+            try:
+                async for request in request_iterator:
+                    await limit.acquire()
+                    task = asyncio.create_task(one(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            finally:
+                while tasks:
+                    await asyncio.gather(*list(tasks), return_exceptions=True)
+                done.put_nowait(None)
 
         feeder = asyncio.create_task(feed())
         try:
             while (item := await done.get()) is not None:
                 yield item
-            await feeder
+            await feeder  # re-raises why the input ended early (e.g. MalformedMessage → INVALID_ARGUMENT)
         finally:
             feeder.cancel()
             for task in list(tasks):

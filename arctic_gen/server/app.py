@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from arctic_embed.grpc.access_log import AccessLogInterceptor
 from arctic_embed.grpc.reflection import enable_reflection
+from arctic_embed.grpc.transport import server_options
 from arctic_embed.logs import access_logger
 from arctic_gen.server.core import EngineStats, GenerationCore
 from arctic_gen.server.servicer import GenerateServicer, error_interceptor
@@ -20,6 +21,8 @@ from arctic_protos.arctic.gen.v1 import generate_pb2, generate_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
+DRAIN_MAX_S = 600.0
+"""SIGTERM drain: running streams get at most this long in all."""
 SERVICE_NAME = generate_pb2.DESCRIPTOR.services_by_name["GenerateService"].full_name
 
 
@@ -34,7 +37,8 @@ class ServerConfig:
     max_concurrent_streams: int = 256
     """Generate streams in flight before new ones get RESOURCE_EXHAUSTED."""
     grace_period_s: float = 5.0
-    """On SIGTERM/SIGINT: health NOT_SERVING, then this long for running streams before they are cancelled."""
+    """On SIGTERM/SIGINT: health NOT_SERVING and new streams refused at once; running streams go on to the end
+    while they keep streaming (cancelled after this many seconds without any message, or DRAIN_MAX_S in all)."""
     max_message_bytes: int = 16 * 2**20
     """Largest request/response message."""
     metrics_port: int = 0
@@ -49,9 +53,7 @@ class GenerateServer:
     def __init__(self, engine: Any, core: GenerationCore, config: ServerConfig) -> None:
         self.engine, self.core, self.config = engine, core, config
         self.health = health.aio.HealthServicer()
-        options = [("grpc.max_receive_message_length", config.max_message_bytes),
-                   ("grpc.max_send_message_length", config.max_message_bytes),
-                   ("grpc.so_reuseport", 0)]
+        options = server_options(config.max_message_bytes, reuse_port=False)
         interceptors: list[grpc.aio.ServerInterceptor] = [error_interceptor()]
         access = access_logger(config.access_log)
         if access is not None:
@@ -95,7 +97,10 @@ class GenerateServer:
 
     async def stop(self) -> None:
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.config.grace_period_s)
+        left = await self.core.drain(stall_s=self.config.grace_period_s, cap_s=DRAIN_MAX_S)
+        if left:
+            logger.warning("drain ends with %d streams still running: they are cancelled", left)
+        await self.server.stop(1.0)
         if self._watch is not None:
             self._watch.cancel()
         self.engine.shutdown()

@@ -181,6 +181,9 @@ class GenerationCore:
         self._per_request_spec = _has_per_request_spec_metrics()
         self._active: set[str] = set()
         self._tokenizer = engine.get_tokenizer()
+        self.draining = False
+        self._progress = 0
+        """Messages streamed so far: a drain waits while this keeps moving."""
 
     def _served_model_names(self) -> list[str]:
         name = self.model_config.served_model_name
@@ -303,7 +306,26 @@ class GenerationCore:
             return InvalidArgument(str(cause))
         return exc
 
+    async def drain(self, stall_s: float, cap_s: float) -> int:
+        """Refuse new streams (UNAVAILABLE at once) and wait for the running ones to finish, as long as they keep
+        streaming: gives up after `stall_s` seconds without any message, or `cap_s` in all. Returns the streams
+        still running then."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        start = last = loop.time()
+        seen = self._progress
+        while self._active:
+            await asyncio.sleep(0.05)
+            now = loop.time()
+            if self._progress != seen:
+                seen, last = self._progress, now
+            if now - last > stall_s or now - start > cap_s:
+                break
+        return len(self._active)
+
     async def generate(self, inp: GenerateInput) -> AsyncIterator[Delta]:
+        if self.draining:
+            raise Unavailable("server is shutting down; send the request to another replica")
         if self.engine.errored:
             raise Unavailable("engine is dead")
         request_id, prompt_ids, params = self.prepare(inp)
@@ -329,6 +351,7 @@ class GenerationCore:
                 if out.finished:
                     delta.final = self._final(out, completion, len(prompt_ids), completion_tokens, steps, start,
                                               first_token_ns)
+                self._progress += 1
                 yield delta
         except (asyncio.CancelledError, GeneratorExit):
             raise
