@@ -36,6 +36,9 @@ def register(registry: PatchRegistry | None = None, version: str | None = None) 
         target.register_all(all_patches())
         target.apply_all(version or installed_vllm_version(), skip_version_check=skip_version_check())
         if registry is None:
+            from arctic_gen.models.llama_swiftkv_config import register_swiftkv
+
+            register_swiftkv()  # SwiftKV: transformers config class + vLLM model (idempotent)
             _registered = True
         logger.debug("arctic_gen plugin registered (%d patches)", len(target.patches))
 

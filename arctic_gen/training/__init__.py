@@ -1,0 +1,1 @@
+"""Training pipelines of the plugin (speculators, SwiftKV); installed with the `[train]` extra."""
