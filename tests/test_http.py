@@ -183,3 +183,12 @@ def test_json_logs_carry_one_access_line_per_request(server, grpc_client) -> Non
     assert all(r["level"] and r["time"].endswith("Z") and "duration_ms" in r for r in access)
     bad = [r for r in access if r["protocol"] == "http" and r["status"] == 400]
     assert bad, "failed requests are logged with their status"
+
+
+def test_container_healthcheck_passes_against_the_server(server) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "arctic_embed.healthcheck", server.target], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == f"{server.target}: SERVING"
