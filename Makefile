@@ -6,9 +6,11 @@ STAMP     := $(VENV)/.installed
 HOST      ?= 0.0.0.0
 PORT      ?= 50050
 METRICS_PORT ?= 9100
+HTTP_PORT ?= 8080
+MODEL     ?=
 ENGINE    ?= torch
 SERVE_ARGS ?=
-export HF_HUB_OFFLINE := 1
+# No HF_HUB_OFFLINE here: `make serve MODEL=org/name` may download into the Hugging Face cache (tests set it).
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: serve test install lint clean
@@ -30,10 +32,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: $(STAMP) lint
-	$(PY) -m pytest -q tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
 
 serve: $(STAMP)
-	$(VENV)/bin/arctic-embed serve --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT) --engine $(ENGINE) $(SERVE_ARGS)
+	$(VENV)/bin/arctic-embed serve --host $(HOST) --port $(PORT) --http-port $(HTTP_PORT) \
+	  --metrics-port $(METRICS_PORT) --engine $(ENGINE) $(if $(MODEL),--model $(MODEL)) $(SERVE_ARGS)
 
 clean:
 	rm -rf build $(VENV)
