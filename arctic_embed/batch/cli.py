@@ -8,6 +8,7 @@ import sys
 
 from arctic_embed.batch.options import (
     INPUT_FORMATS,
+    OUTPUT_DTYPES,
     OUTPUT_FORMATS,
     VECTOR_FORMATS,
     BatchConfig,
@@ -16,7 +17,6 @@ from arctic_embed.batch.options import (
     EngineOptions,
 )
 from arctic_embed.config import ENGINES, MODEL_DTYPES
-from arctic_embed.encoding import OUTPUT_DTYPES
 
 EPILOG = """examples:
   arctic-embed batch --input docs.jsonl --text-field body --id-field doc_id --output vectors/

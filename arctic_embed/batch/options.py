@@ -6,8 +6,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from arctic_embed.encoding import OUTPUT_DTYPES
-
+# The same as arctic_embed.encoding.OUTPUT_DTYPES (tests check it), spelled out so that a job against a server
+# does not import torch.
+OUTPUT_DTYPES = ("float32", "float16", "bfloat16", "int8", "uint8", "binary")
 INPUT_FORMATS = ("auto", "text", "jsonl", "csv", "parquet")
 OUTPUT_FORMATS = ("auto", "parquet", "npy")
 VECTOR_FORMATS = ("list", "bytes")

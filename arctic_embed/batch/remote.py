@@ -15,7 +15,6 @@ from grpc import aio
 from arctic_embed.batch.engine import ChunkEmbeddings
 from arctic_embed.batch.options import BatchError, EmbedOptions, EngineOptions
 from arctic_embed.client import CHANNEL_OPTIONS, build_request
-from arctic_embed.encoding import row_bytes
 from arctic_protos.arctic.embed.v1 import embed_pb2 as pb
 from arctic_protos.arctic.embed.v1 import embed_pb2_grpc as pb_grpc
 
@@ -77,7 +76,7 @@ class ServerEngine:
         responses = await asyncio.gather(*(self._request(texts[i:i + size], options)
                                            for i in range(0, len(texts), size)))
         dim = int(responses[0].dim)
-        width = row_bytes(dim, options.dtype)
+        width = len(responses[0].embeddings[0])
         blob = b"".join(b"".join(r.embeddings) for r in responses)
         data = np.frombuffer(blob, dtype=np.uint8).reshape(len(texts), width)
         tokens = np.fromiter((c for r in responses for c in r.token_counts), dtype=np.int32, count=len(texts))
