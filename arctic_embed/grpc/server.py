@@ -94,8 +94,8 @@ class EmbedServer:
             from arctic_embed.http.server import HttpServer
 
             app = build_app(self.core, lambda: bool(self._replicas and self._replicas.n_ready) and not self._draining,
-                            config.max_message_bytes, access)
-            self._http = HttpServer(app, config.host, config.http_port, config.drain_grace_s)
+                            config.max_message_bytes, access, config.api_key)
+            self._http = HttpServer(app, config.host, config.http_port, config.drain_grace_s, config.reuse_port)
             self.http_port = await self._http.start()
         log.info("serving %s on %s:%d (%d replicas, %d tokenizer workers, engine %s)", self.core.model_name,
                  config.host, self.port, len(self._replicas.replicas), config.tokenizer_workers,

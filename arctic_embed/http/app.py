@@ -8,7 +8,9 @@ turns them into JSON numbers with msgspec (about 20× faster than the standard l
 from __future__ import annotations
 
 import base64
+import itertools
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +23,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from arctic_embed import __version__, metrics
+from arctic_embed.auth import bearer_matches
 from arctic_embed.errors import EmbedError, InvalidInput, Unavailable
 from arctic_embed.http.errors import (
     INTERNAL,
@@ -38,6 +41,7 @@ from arctic_embed.service import EmbedCore, EmbedJob, EmbedResult
 
 log = logging.getLogger(__name__)
 _encoder = msgspec.json.Encoder()
+_incidents = itertools.count(1)
 _INT32_MAX = 2**31 - 1
 OPENAI_PREFIX = "/v1/"
 ROUTES = ("/v1/embeddings", "/v1/models", "/embed", "/health", "/info", "/metrics")
@@ -80,8 +84,9 @@ def float_rows(result: EmbedResult) -> list[list[float]]:
 
 
 def build_app(core: EmbedCore, ready: Callable[[], bool], max_body_bytes: int,
-              access_log: logging.Logger | None = None) -> FastAPI:
-    """The app for one core. `ready()` says whether the server can take work (replicas up, not draining)."""
+              access_log: logging.Logger | None = None, api_key: str = "") -> FastAPI:
+    """The app for one core. `ready()` says whether the server can take work (replicas up, not draining).
+    With `api_key`, every route but /health needs `authorization: Bearer <key>` (what the openai client sends)."""
     app = FastAPI(title="arctic-embed", version=__version__, docs_url="/docs", redoc_url=None)
 
     def error(request: Request, message: str, status: HttpStatus) -> Response:
@@ -103,8 +108,9 @@ def build_app(core: EmbedCore, ready: Callable[[], bool], max_body_bytes: int,
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error in %s %s", request.method, request.url.path)
-        return error(request, f"internal error: {type(exc).__name__}: {exc}", INTERNAL)
+        incident = f"{os.getpid():x}-{next(_incidents)}"
+        log.exception("unexpected error in %s %s (incident %s)", request.method, request.url.path, incident)
+        return error(request, f"internal error (incident {incident}); the server log has the details", INTERNAL)
 
     @app.post("/v1/embeddings", summary="OpenAI-compatible embeddings")
     async def openai_embeddings(body: OpenAIEmbeddingRequest) -> Response:
@@ -166,13 +172,46 @@ def build_app(core: EmbedCore, ready: Callable[[], bool], max_body_bytes: int,
     async def prometheus() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    return BodyLimit(RequestLog(app, access_log), max_body_bytes, error_for=_too_large_body)  # type: ignore[return-value]
+    inner: Any = BodyLimit(app, max_body_bytes, error_for=_too_large_body)
+    if api_key:
+        inner = RequireApiKey(inner, api_key)
+    return RequestLog(inner, access_log)  # type: ignore[return-value]
 
 
 def _too_large_body(path: str, message: str) -> tuple[int, bytes]:
     if path.startswith(OPENAI_PREFIX):
         return TOO_LARGE.code, _encoder.encode(openai_error_body(message, TOO_LARGE))
     return TOO_LARGE.code, _encoder.encode(tei_error_body(message, TOO_LARGE))
+
+
+UNAUTHORIZED = HttpStatus(401, "authentication_error", "Unauthorized")
+
+
+async def _send_json(send: Callable, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequireApiKey:
+    """ASGI middleware: 401 unless `authorization: Bearer <key>`; /health stays open for probes."""
+
+    def __init__(self, app: Any, api_key: str) -> None:
+        self.app, self.api_key = app, api_key
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope.get("path") == "/health":
+            await self.app(scope, receive, send)
+            return
+        header = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"authorization"), None)
+        if bearer_matches(header, self.api_key):
+            await self.app(scope, receive, send)
+            return
+        message = "missing or wrong API key: send `authorization: Bearer <key>`"
+        path = scope.get("path", "")
+        body = openai_error_body(message, UNAUTHORIZED) if path.startswith(OPENAI_PREFIX) \
+            else tei_error_body(message, UNAUTHORIZED)
+        await _send_json(send, UNAUTHORIZED.code, _encoder.encode(body))
 
 
 class BodyLimit:
@@ -205,9 +244,7 @@ class BodyLimit:
 
     async def _reject(self, scope: dict, send: Callable, message: str) -> None:
         status, body = self.error_for(scope.get("path", ""), message)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await _send_json(send, status, body)
 
 
 class RequestLog:

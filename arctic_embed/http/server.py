@@ -1,8 +1,8 @@
 """Uvicorn inside the gateway's event loop, next to the gRPC server (one process, one core, one loop).
 
 The embedding server owns SIGTERM/SIGINT (it drains both transports); uvicorn's own signal capture is off.
-The socket is bound here with SO_REUSEPORT so that `--gateways N` processes share the HTTP port as they share
-the gRPC one.
+The socket is bound here; with `reuse_port` (only for `--gateways N` children, as for gRPC) SO_REUSEPORT lets the
+gateway processes share the HTTP port; otherwise a busy port is an error, not a silent share.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ class _InLoopServer(uvicorn.Server):
         yield
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
+def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if hasattr(socket, "SO_REUSEPORT"):
+    if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(2048)
@@ -40,8 +40,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
 class HttpServer:
     """`start()` binds and serves `app` in the running loop and returns the port; `stop()` drains."""
 
-    def __init__(self, app: Any, host: str, port: int, grace_s: float = 10.0) -> None:
-        self.host, self.port, self.grace_s = host, port, grace_s
+    def __init__(self, app: Any, host: str, port: int, grace_s: float = 10.0, reuse_port: bool = False) -> None:
+        self.host, self.port, self.grace_s, self.reuse_port = host, port, grace_s, reuse_port
         config = uvicorn.Config(app, loop="none", lifespan="off", log_config=None, access_log=False,
                                 server_header=False, timeout_graceful_shutdown=max(1, int(grace_s)))
         self._server = _InLoopServer(config)
@@ -49,7 +49,7 @@ class HttpServer:
         self._socket: socket.socket | None = None
 
     async def start(self) -> int:
-        self._socket = bind_socket(self.host, self.port)
+        self._socket = bind_socket(self.host, self.port, self.reuse_port)
         self.port = self._socket.getsockname()[1]
         self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
         while not self._server.started:
