@@ -272,3 +272,31 @@ if __name__ == "__main__":
     else:
         for build in (tiny_llama, smollm2):
             print(build())
+
+
+# --- speculators -----------------------------------------------------------------------------------------------
+
+
+def random_speculator(base_model: str | os.PathLike, method: str = "sum_lstm", n_predict: int = 3,
+                      inner_dim: int = 64, seed: int = 0) -> Path:
+    """A random-weight speculator in Arctic's checkpoint format for `base_model` (hidden size and vocabulary read
+    from its config.json), cached like the models. For wiring tests: its drafts are mostly rejected."""
+    import json
+
+    base = Path(base_model)
+    cfg = json.loads((base / "config.json").read_text())
+    name = f"speculator-{base.name}-{method}-{n_predict}-{inner_dim}-{seed}"
+
+    def build(out: Path) -> None:
+        import torch
+
+        from arctic_gen.models.speculator_config import SpeculatorConfig, build_speculator, save_speculator
+
+        torch.manual_seed(seed)
+        config = SpeculatorConfig(n_predict=n_predict, input_hidden_dim=cfg["hidden_size"], inner_dim=(inner_dim,),
+                                  emb_dim=(inner_dim,), proj_dim=(inner_dim,), vocab_size=cfg["vocab_size"],
+                                  method=method, tie_weights=method == "sum_lstm", scale_input=method == "sum_lstm",
+                                  tie_lstm_embs=method == "sum_lstm")
+        save_speculator(build_speculator(config), out)
+
+    return _build_once(name, build)
