@@ -264,16 +264,6 @@ def _reference_main() -> None:
     rows = [{"token_ids": list(o.outputs[0].token_ids), "text": o.outputs[0].text} for o in outputs]
     print(json.dumps(rows), flush=True)
 
-
-if __name__ == "__main__":
-    if sys.argv[1:] == ["reference"]:
-        cpu_vllm_env()
-        _reference_main()
-    else:
-        for build in (tiny_llama, smollm2):
-            print(build())
-
-
 # --- speculators -----------------------------------------------------------------------------------------------
 
 
@@ -300,3 +290,13 @@ def random_speculator(base_model: str | os.PathLike, method: str = "sum_lstm", n
         save_speculator(build_speculator(config), out)
 
     return _build_once(name, build)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["reference"]:
+        cpu_vllm_env()
+        _reference_main()
+    else:
+        for build in (tiny_llama, smollm2):
+            print(build())
+
