@@ -264,6 +264,7 @@ def _reference_main() -> None:
     rows = [{"token_ids": list(o.outputs[0].token_ids), "text": o.outputs[0].text} for o in outputs]
     print(json.dumps(rows), flush=True)
 
+
 # --- speculators -----------------------------------------------------------------------------------------------
 
 
