@@ -89,8 +89,12 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
 
 def main(args: argparse.Namespace) -> int:
     """Run the job; returns the exit code (0 done, 1 error, 130 interrupted)."""
-    from arctic_embed.batch.job import Interrupted, run_batch
-
+    try:
+        from arctic_embed.batch.job import Interrupted, run_batch
+    except ImportError as exc:
+        print(f"arctic-embed batch: error: {exc.name or exc} is missing; pip install 'arctic-serve[batch]'",
+              file=sys.stderr)
+        return 1
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:

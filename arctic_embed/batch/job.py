@@ -46,6 +46,8 @@ class BatchSummary:
     resumed_from: int
     engine: str
     parts: int
+    startup_seconds: float = 0.0
+    """Of `seconds`: until the engine was ready (model load, worker start)."""
 
     def line(self) -> str:
         rate = self.run_rows / self.seconds if self.seconds else 0.0
@@ -87,6 +89,7 @@ class BatchJob:
         self.reader = open_reader(config.input, config.resolved_input_format(), config.text_field, config.id_field)
         self.engine = engine or make_engine(config)
         self.manifest: dict = {}
+        self.startup_seconds = 0.0
 
     # ------------------------------------------------------------------------------------------- manifest
     def _load_manifest(self, writer: Writer) -> dict | None:
@@ -155,6 +158,7 @@ class BatchJob:
         start_row = int(self.manifest["rows_done"])
         tokens_before = int(self.manifest["tokens_done"])
         await self.engine.start()
+        self.startup_seconds = time.perf_counter() - started
         try:
             self._check_model()
             metadata.update(model=self.engine.model_name, dim=self.engine.dim)
@@ -174,8 +178,10 @@ class BatchJob:
             write_json(writer.manifest_path, self.manifest)
         run_rows = int(self.manifest["rows_done"]) - start_row
         run_tokens = int(self.manifest["tokens_done"]) - tokens_before
-        return self._summary(output, self.manifest, run_rows, run_tokens, time.perf_counter() - started,
-                             self.engine.describe(), resumed_from=start_row)
+        summary = self._summary(output, self.manifest, run_rows, run_tokens, time.perf_counter() - started,
+                                self.engine.describe(), resumed_from=start_row)
+        summary.startup_seconds = self.startup_seconds
+        return summary
 
     def _summary(self, output: object, manifest: dict, run_rows: int, run_tokens: int, seconds: float,
                  engine: str, resumed_from: int = 0) -> BatchSummary:
@@ -211,7 +217,7 @@ class BatchJob:
                 tasks.remove(task)
                 await asyncio.to_thread(self._commit, writer, chunk, emb)
                 if bar is not None:
-                    elapsed = max(time.perf_counter() - started, 1e-9)
+                    elapsed = max(time.perf_counter() - started - self.startup_seconds, 1e-9)
                     rate = (int(self.manifest["tokens_done"]) - tokens_before) / elapsed
                     bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
                     bar.update(chunk.rows)
@@ -250,8 +256,10 @@ class BatchJob:
 def _progress(enabled: bool, total: int, initial: int):
     if not enabled:
         return None
-    from tqdm import tqdm
-
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the summary line still comes
+        return None
     return tqdm(total=total, initial=initial, unit="row", unit_scale=True, smoothing=0.05, mininterval=0.5,
                 dynamic_ncols=True, file=sys.stderr, desc="embed")
 
