@@ -22,7 +22,6 @@ from typing import Any
 
 ADDITIONAL_CONFIG_KEY = "arctic"
 SPECULATIVE_METHODS = ("arctic", "suffix")
-MAX_SEQUENCE_PARALLEL = 64
 # vLLM's own field names for its built-in suffix method, and ours (Arctic Inference's names).
 _VLLM_SUFFIX_NAMES = {
     "suffix_decoding_max_tree_depth": "suffix_cache_max_depth",
@@ -91,11 +90,6 @@ class ArcticParallelConfig:
         _int("ulysses_sequence_parallel_size", self.ulysses_sequence_parallel_size, minimum=1)
         _bool("enable_shift_parallel", self.enable_shift_parallel)
         _int("shift_parallel_threshold", self.shift_parallel_threshold, minimum=0)
-        if self.ulysses_sequence_parallel_size > MAX_SEQUENCE_PARALLEL:
-            raise ConfigError(
-                f"ulysses_sequence_parallel_size={self.ulysses_sequence_parallel_size}: at most "
-                f"{MAX_SEQUENCE_PARALLEL} ranks per sequence (one host); use tensor_parallel_size for the rest"
-            )
         if self.enable_shift_parallel and self.ulysses_sequence_parallel_size == 1:
             raise ConfigError(
                 "enable_shift_parallel=True: Shift Parallelism shifts between sequence and tensor parallelism and "

@@ -137,7 +137,7 @@ def test_skip_env_is_read_by_config(monkeypatch) -> None:
 @pytest.mark.parametrize("kwargs, field", [
     ({"ulysses_sequence_parallel_size": 0}, "ulysses_sequence_parallel_size"),
     ({"ulysses_sequence_parallel_size": "2"}, "ulysses_sequence_parallel_size"),
-    ({"ulysses_sequence_parallel_size": 2}, "ulysses_sequence_parallel_size"),
+    ({"ulysses_sequence_parallel_size": True}, "ulysses_sequence_parallel_size"),
     ({"enable_shift_parallel": True}, "enable_shift_parallel"),
     ({"enable_shift_parallel": "yes"}, "enable_shift_parallel"),
     ({"shift_parallel_threshold": -1}, "shift_parallel_threshold"),
@@ -245,7 +245,7 @@ def test_openai_server_cli_flags(plugged, model_dir) -> None:
     assert engine_args.speculative_config["method"] == "suffix"
     with pytest.raises(ConfigError, match="^ulysses_sequence_parallel_size"):
         AsyncEngineArgs.from_cli_args(
-            parser.parse_args(["--model", model_dir, "--ulysses-sequence-parallel-size", "4"]))
+            parser.parse_args(["--model", model_dir, "--ulysses-sequence-parallel-size", "0"]))
 
 
 @pytest.mark.vllm

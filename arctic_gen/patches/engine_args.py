@@ -9,10 +9,12 @@ validated when the arguments are built and handed to vLLM at `create_engine_conf
 `VllmConfig.additional_config["arctic"]` (see `arctic_gen.config`). With none of the options used, vLLM sees
 exactly what it would have seen without the plugin (pooling engines included).
 
-Proposers: `PROPOSERS` maps a method to "module.Class"; the class is vLLM's custom proposer contract
-(`__init__(vllm_config)`, `propose(sampled_token_ids, num_tokens_no_spec, token_ids_cpu, slot_mappings=...)`).
-A method whose proposer module is not in this build is rejected at start-up with a message saying so; "suffix" then
-falls back to vLLM's built-in suffix method when the arctic-inference package is installed.
+Proposers: `PROPOSERS` maps a method to "module.Class". vLLM builds the class as a `custom_class` proposer
+(`__init__(vllm_config)`, `load_model(target_model)`); the plugin's runner patch
+(`arctic_gen.patches.gpu_model_runner`) then drives it through `propose_step(DraftStep)` with request ids and hidden
+states instead of vLLM's row-only `propose`. A method whose proposer module is not in this build is rejected at
+start-up with a message saying so; "suffix" then falls back to vLLM's built-in suffix method when the
+arctic-inference package is installed.
 
 vLLM 0.26.0 and 0.32.0 have the same `__init__` (dataclass-generated), `add_cli_args` (staticmethod),
 `from_cli_args` (classmethod building `cls(**fields)`) and `create_engine_config(usage_context, headless)`; no
@@ -25,6 +27,7 @@ import argparse
 import dataclasses
 import functools
 import importlib.util
+import logging
 from typing import Any
 
 from packaging.specifiers import SpecifierSet
@@ -38,6 +41,8 @@ from arctic_gen.config import (
     ConfigError,
 )
 from arctic_gen.patching import Patch
+
+logger = logging.getLogger(__name__)
 
 VERSIONS = SpecifierSet(">=0.26.0,<0.33")
 PARALLEL_FIELDS = tuple(f.name for f in dataclasses.fields(ArcticParallelConfig))
@@ -116,6 +121,39 @@ def add_arctic_cli_args(parser: argparse.ArgumentParser) -> None:
         help="Scheduled tokens per step at or below which Shift Parallelism runs tensor-parallel.")
 
 
+def _prepare_ulysses(engine_args: Any) -> None:
+    """Engine arguments vLLM must see for Ulysses: one process per rank (mp), eager execution."""
+    if engine_args.data_parallel_size != 1:
+        raise ConfigError("ulysses_sequence_parallel_size: Ulysses with data_parallel_size > 1 is not supported; "
+                          "run separate engines (replicas) instead")
+    if engine_args.distributed_executor_backend not in (None, "mp"):
+        raise ConfigError(f"ulysses_sequence_parallel_size: needs distributed_executor_backend='mp' (got "
+                          f"{engine_args.distributed_executor_backend!r})")
+    engine_args.distributed_executor_backend = "mp"
+    if not engine_args.enforce_eager:
+        logger.warning("arctic_gen: ulysses_sequence_parallel_size > 1 runs eagerly (enforce_eager=True): the "
+                       "attention all-to-all is not captured by torch.compile/CUDA graphs in this build")
+        engine_args.enforce_eager = True
+
+
+def _ulysses_world(vllm_config: Any, sp: int) -> None:
+    """Check the model's heads split over SP, then make the world SP times larger (TP x SP x PP ranks)."""
+    from arctic_gen.parallel.ulysses import HeadLayout, UlyssesLayoutError
+
+    parallel = vllm_config.parallel_config
+    if parallel.prefill_context_parallel_size != 1 or parallel.decode_context_parallel_size != 1:
+        raise ConfigError("ulysses_sequence_parallel_size: not supported together with context parallelism "
+                          "(prefill/decode_context_parallel_size > 1)")
+    if vllm_config.model_config is not None:
+        heads = vllm_config.model_config.get_num_attention_heads(parallel)
+        kv_heads = vllm_config.model_config.get_num_kv_heads(parallel)
+        try:
+            HeadLayout.plan(heads, kv_heads, sp)
+        except UlyssesLayoutError as exc:
+            raise ConfigError(f"ulysses_sequence_parallel_size={sp}: {exc}") from exc
+    parallel.world_size *= sp
+
+
 def _wrap_init(original):
     @functools.wraps(original)
     def __init__(self, *args, **kwargs):
@@ -151,13 +189,20 @@ def _build_engine_args(cls: Any) -> dict[str, Any]:
         if not isinstance(self.additional_config, dict):
             raise ConfigError("additional_config: the arctic_gen plugin needs it to be a dict")
         user_spec, user_extra = self.speculative_config, self.additional_config
+        user_parallel = (self.distributed_executor_backend, self.enforce_eager)
         try:
             if arctic.speculative is not None:
                 self.speculative_config = vllm_speculative_config(arctic.speculative)
             self.additional_config = {**user_extra, ADDITIONAL_CONFIG_KEY: arctic.to_dict()}
-            return original_create_engine_config(self, *args, **kwargs)
+            if arctic.parallel.ulysses_sequence_parallel_size > 1:
+                _prepare_ulysses(self)
+            vllm_config = original_create_engine_config(self, *args, **kwargs)
+            if arctic.parallel.ulysses_sequence_parallel_size > 1:
+                _ulysses_world(vllm_config, arctic.parallel.ulysses_sequence_parallel_size)
+            return vllm_config
         finally:
             self.speculative_config, self.additional_config = user_spec, user_extra
+            self.distributed_executor_backend, self.enforce_eager = user_parallel
 
     values: dict[str, Any] = {
         "__init__": _wrap_init(raw["__init__"]),
