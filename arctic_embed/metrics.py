@@ -38,6 +38,17 @@ TOKENIZER_RESTARTS = Counter("arctic_embed_tokenizer_restarts_total", "Tokenizer
 REPLICA_RESTARTS = Counter("arctic_embed_replica_restarts_total", "Replica processes restarted after dying")
 
 
+FAILURE_DURATION = Histogram("arctic_embed_failure_duration_seconds",
+                             "Time from a call's arrival in the handler to its failure, by status code (rejections "
+                             "by admission control land in the first buckets)", ["code"], buckets=_LATENCY_BUCKETS)
+
+
+def record_failure(method: str, code, seconds: float) -> None:
+    """Count a failed call by method and status code (`code`: a grpc.StatusCode), and how long it took."""
+    FAILURES.labels(method, code.name).inc()
+    FAILURE_DURATION.labels(code.name).observe(seconds)
+
+
 def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
     if port:
         start_http_server(port, addr=host)

@@ -244,3 +244,53 @@ def rss_mib(pids: Iterable[int]) -> dict[int, float]:
         except psutil.Error:
             continue
     return out
+
+
+# ------------------------------------------------------------------------------------------------ generation
+async def gen_streams(target: str, n: int, max_tokens: int, on_started: Callable[[], object] | None = None,
+                      late_after_start: bool = False, timeout_s: float = 600.0) -> tuple[collections.Counter, str]:
+    """`n` Generate streams of `max_tokens` (ignore_eos) on one channel; `on_started` runs once they all stream
+    (e.g. a SIGTERM). Returns how they ended ("finished" = a final message with a finish reason, else the status)
+    and, with `late_after_start`, the status of one more stream started after `on_started`."""
+    from arctic_protos.arctic.gen.v1 import generate_pb2
+
+    ended: collections.Counter = collections.Counter()
+    streaming = asyncio.Event()
+    started = 0
+    async with aio.insecure_channel(target) as channel:
+        generate = channel.unary_stream("/arctic.gen.v1.GenerateService/Generate",
+                                        request_serializer=generate_pb2.GenerateRequest.SerializeToString,
+                                        response_deserializer=generate_pb2.GenerateResponse.FromString)
+
+        async def one(i: int) -> str:
+            nonlocal started
+            request = generate_pb2.GenerateRequest(
+                request_id=f"s{i}", text=f"stream {i} says", sampling=generate_pb2.SamplingOptions(
+                    max_tokens=max_tokens, ignore_eos=True, temperature=0.0))
+            first = True
+            last = None
+            try:
+                async for message in generate(request, timeout=timeout_s):
+                    if first:
+                        first = False
+                        started += 1
+                        if started == n:
+                            streaming.set()
+                    last = message
+            except grpc.RpcError as exc:
+                return exc.code().name
+            return "finished" if last is not None and last.finish_reason else "no final message"
+
+        tasks = [asyncio.create_task(one(i)) for i in range(n)]
+        late = ""
+        if on_started is not None:
+            await asyncio.wait_for(streaming.wait(), timeout_s)
+            result = on_started()
+            if asyncio.iscoroutine(result):
+                await result
+            if late_after_start:
+                await asyncio.sleep(0.3)
+                late = await one(n)
+        for status in await asyncio.gather(*tasks):
+            ended[status] += 1
+    return ended, late

@@ -197,10 +197,12 @@ def main() -> None:
         engine.load(spec, _device_for_process(config.device), config.dtype, config.torch_threads)
         # Warm up: the first batch pays for lazy initialisation (allocator, kernels, graphs).
         engine.embed(np.zeros(8, dtype=np.int32), np.array([8], dtype=np.int32))
-    except Exception as exc:
-        log.exception("replica failed to start")
-        sock.send(Frame(Kind.ERROR, {"id": 0, "type": type(exc).__name__, "message": str(exc)}))
-        raise SystemExit(1) from exc
+    except Exception as exc:  # the gateway reports it in one line; the traceback is for --log-level DEBUG
+        log.debug("replica failed to start", exc_info=True)
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        sock.send(Frame(Kind.ERROR, {"id": 0, "type": type(exc).__name__, "message": f"{type(exc).__name__}: "
+                                     f"{first_line}"[:500]}))
+        raise SystemExit(1) from None
     info = engine.info()
     sock.send(Frame(Kind.READY, {"engine": info.engine, "model_dtype": info.model_dtype, "device": info.device,
                                  "dim": info.dim, "pid": os.getpid()}))

@@ -5,11 +5,11 @@ Routing sends each piece of work to the ready replica with the fewest outstandin
 to another replica, so a client sees no failure. Work with no ready replica waits (parked) until one is back.
 
 Retry budget: a replica reports the work ids of each engine batch before running it (STARTED). When it dies, only
-the work of the batches it was running is charged an attempt; work that merely waited in its queue is re-sent for
-free. Work charged more than `max_retries` times fails alone (INVALID_ARGUMENT: its input keeps killing the model),
-work whose batches keep failing on the engine fails with a bare INTERNAL. A replica whose engine fails
-`replica_max_consecutive_failures` batches in a row leaves routing ("failed": visible in Info, GetReplicaInfo,
-health and metrics) and is restarted with backoff.
+the work of the batch it started last is charged an attempt (and runs alone from then on); work that merely waited
+in its queue is re-sent for free. Work charged more than `max_retries` times fails alone (INVALID_ARGUMENT: its
+input keeps killing the model), work whose batches keep failing on the engine fails with a bare INTERNAL. A replica
+whose engine fails `replica_max_consecutive_failures` batches in a row leaves routing ("failed": visible in Info,
+GetReplicaInfo, health and metrics) and is restarted with backoff.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class ReplicaHandle:
     ready_at: float = 0.0
     reader: asyncio.Task | None = None
     running: set[int] = field(default_factory=set)
-    """Work ids in the engine batches the replica said it started and has not answered yet."""
+    """Work ids of the engine batch the replica said it started last (and has not answered yet)."""
     consecutive_failures: int = 0
     last_error: str = ""
 
@@ -267,7 +267,9 @@ class ReplicaManager:
             if frame.kind == Kind.PONG:
                 continue
             if frame.kind == Kind.STARTED:
-                replica.running.update(i for i in frame.meta["ids"] if i in replica.inflight)
+                # Only the batch started last is blamed for a crash: an earlier one that is still being answered
+                # finished its engine work (the completion thread was about to reply when the process died).
+                replica.running = {i for i in frame.meta["ids"] if i in replica.inflight}
                 continue
             work = replica.inflight.get(frame.meta.get("id", -1))
             if work is None:

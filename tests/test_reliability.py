@@ -25,7 +25,7 @@ from arctic_protos.arctic.embed.v1 import embed_pb2_grpc as pb_grpc
 POISON_TEXT = "__poison_for_the_tokenizer__"
 POISON_ID = 29999
 METRICS_PORT = free_port()
-QUEUE_TOKENS = 120_000
+QUEUE_TOKENS = 15_000
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +60,11 @@ def _metrics() -> dict[str, float]:
             if line and not line.startswith("#")}
 
 
-def test_4096_concurrent_unary_calls_on_one_channel_are_never_cancelled(server) -> None:
+def test_2048_concurrent_arctic_encode_calls_on_one_channel_are_never_cancelled(server) -> None:
     # Before: grpc core's pending-call backlog protector zombied calls past ~1,000 waiting (CANCELLED, no handler).
-    codes = asyncio.run(probes.concurrent_encode(server.target, n=4096, concurrency=4096, prompt="hello world "))
-    assert codes == {"OK": 4096}, codes
+    # (4,096 in-process: test_reliability_transport.py; 4,096 against the server: load_tests/reliability.)
+    codes = asyncio.run(probes.concurrent_encode(server.target, n=2048, concurrency=2048, prompt="hello world "))
+    assert codes == {"OK": 2048}, codes
 
 
 def test_malformed_bytes_are_invalid_argument_on_every_method_and_streams_end(server) -> None:
@@ -72,23 +73,29 @@ def test_malformed_bytes_are_invalid_argument_on_every_method_and_streams_end(se
         ("/arctic.embed.v1.EmbedService/EmbedStream", *probes.REFLECTION),
         good_stream_item=probes.good_embed_stream_item(), bidi_with_items="/arctic.embed.v1.EmbedService/EmbedStream",
         timeout_s=20)
-    assert report.cases >= 60
+    assert report.cases >= 56  # 8 unary + 1 server-streaming + 3 bidi methods; EmbedStream also good-bad(-good)
     assert report.details == [], report.details
     assert report.hangs == 0 and report.unknown_or_internal == 0
     assert report.statuses == {"INVALID_ARGUMENT": report.cases}
 
 
 def test_overload_is_only_ok_or_resource_exhausted_and_rejections_are_fast(server) -> None:
-    report = asyncio.run(probes.overload_probe(server.target, n=300, inputs=64, text="overload text number"))
+    bucket = 'arctic_embed_failure_duration_seconds_bucket{code="RESOURCE_EXHAUSTED",le="%s"}'
+    before = _metrics()
+    report = asyncio.run(probes.overload_probe(server.target, n=100, inputs=64, text="overload"))
+    after = _metrics()
     assert set(report.statuses) <= {"OK", "RESOURCE_EXHAUSTED"}, report.statuses
     assert report.statuses["RESOURCE_EXHAUSTED"] > 0 and report.statuses["OK"] > 0, report.statuses
-    # Admission happens before tokenizing: a rejection never waits for tokenizer or engine work (was 6-7 s).
-    assert probes.percentile(report.reject_ms, 50) < 1000, sorted(report.reject_ms)[::30]
+    # Admission happens before tokenizing: in the server every rejection took under 50 ms (was 6-7 s; what the
+    # client sees on top is its own and the transport's queueing on this shared 2-core machine).
+    rejected = after[bucket % "+Inf"] - before.get(bucket % "+Inf", 0)
+    fast = after[bucket % "0.05"] - before.get(bucket % "0.05", 0)
+    assert rejected == report.statuses["RESOURCE_EXHAUSTED"] and fast == rejected, (fast, rejected)
 
 
 def test_deadlines_and_cancels_are_counted_by_code(server, stub) -> None:
     before = _metrics()
-    big = build_request(["word " * 300] * 400)
+    big = build_request(["word " * 300] * 100)  # 25.6K tokens: seconds of CPU work, within the queue limit
     with pytest.raises(grpc.RpcError) as err:
         stub.Embed(big, timeout=0.3)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -142,7 +149,7 @@ def test_sigkill_of_tokenizer_workers_under_load_loses_nothing(server) -> None:
             os.kill(pids[0], signal.SIGKILL)
             time.sleep(1.0)
 
-    assert _load(server.target, n=120, texts_per_request=40, on_started=kill_twice) == []
+    assert _load(server.target, n=24, texts_per_request=40, on_started=kill_twice) == []
     deadline = time.monotonic() + 60
     while len(probes.child_pids(server.process.pid, "arctic_embed.tokenizer_pool")) < 2:
         assert time.monotonic() < deadline, "tokenizer workers did not come back"
@@ -162,7 +169,7 @@ def test_poison_text_fails_alone_with_invalid_argument(server) -> None:
                 result["details"] = exc.details()
 
     thread = threading.Thread(target=poison)
-    assert _load(server.target, n=60, texts_per_request=40, on_started=thread.start) == []
+    assert _load(server.target, n=20, texts_per_request=40, on_started=thread.start) == []
     thread.join(120)
     assert result["code"] == grpc.StatusCode.INVALID_ARGUMENT, result
     assert "tokenizer" in result["details"] and "pid" not in result["details"]
@@ -181,9 +188,28 @@ def test_poison_ids_that_kill_the_replica_fail_alone(server) -> None:
                 result["code"] = exc.code()
 
     thread = threading.Thread(target=poison)
-    assert _load(server.target, n=40, texts_per_request=8, on_started=thread.start) == []
+    assert _load(server.target, n=20, texts_per_request=8, on_started=thread.start) == []
     thread.join(240)
     assert result["code"] == grpc.StatusCode.INVALID_ARGUMENT, result
     with grpc.insecure_channel(server.target) as channel:  # the replica is back and serves
         reply = pb_grpc.EmbedServiceStub(channel).Embed(build_request(["after the poison"]), timeout=120)
     assert len(reply.embeddings) == 1
+
+
+def test_a_model_that_cannot_load_fails_the_server_at_start_with_one_line(tmp_path, minilm_path) -> None:
+    import subprocess
+    import sys
+
+    broken = tmp_path / "broken-minilm"
+    broken.mkdir()
+    for item in minilm_path.iterdir():
+        if item.name != "model.safetensors":
+            (broken / item.name).symlink_to(item)
+    (broken / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
+    out = subprocess.run([sys.executable, "-m", "arctic_embed", "serve", "--model", str(broken), "--host",
+                          "127.0.0.1", "--port", str(free_port()), "--http-port", "0", "--torch-threads", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "cannot start" in errors[0] and "model could not be loaded" in errors[0], errors

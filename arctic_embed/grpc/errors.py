@@ -18,6 +18,7 @@ import asyncio
 import itertools
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -73,23 +74,23 @@ def _ended_code(context: aio.ServicerContext) -> grpc.StatusCode:
 class StatusInterceptor(aio.ServerInterceptor):
     def __init__(self, status_for: StatusFor, expected: type[Exception],
                  on_request: Callable[[str], None] | None = None,
-                 on_failure: Callable[[str, grpc.StatusCode], None] | None = None) -> None:
+                 on_failure: Callable[[str, grpc.StatusCode, float], None] | None = None) -> None:
         self._status_for = status_for
         self._expected = expected
         self._on_request = on_request
         self._on_failure = on_failure
 
-    def _failed(self, method: str, code: grpc.StatusCode) -> None:
+    def _failed(self, method: str, code: grpc.StatusCode, started: float) -> None:
         if self._on_failure:
-            self._on_failure(method, code)
+            self._on_failure(method, code, time.perf_counter() - started)
 
-    async def _abort(self, context: aio.ServicerContext, method: str, exc: Exception) -> None:
+    async def _abort(self, context: aio.ServicerContext, method: str, exc: Exception, started: float) -> None:
         if isinstance(exc, MalformedMessage):
-            self._failed(method, grpc.StatusCode.INVALID_ARGUMENT)
+            self._failed(method, grpc.StatusCode.INVALID_ARGUMENT, started)
             log.warning("%s: malformed request message from %s", method, context.peer())
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         code = self._status_for(exc)
-        self._failed(method, code)
+        self._failed(method, code, started)
         if not isinstance(exc, self._expected):
             incident = f"{os.getpid():x}-{next(_incidents)}"
             log.exception("unexpected error in %s (incident %s)", method, incident)
@@ -99,6 +100,7 @@ class StatusInterceptor(aio.ServerInterceptor):
     def _unary(self, method: str, behavior: Callable[..., Awaitable[Any]], streaming_in: bool
                ) -> Callable[..., Awaitable[Any]]:
         async def handler(request: Any, context: aio.ServicerContext) -> Any:
+            started = time.perf_counter()
             if self._on_request:
                 self._on_request(method)
             try:
@@ -110,16 +112,17 @@ class StatusInterceptor(aio.ServerInterceptor):
             except aio.AbortError:
                 raise
             except asyncio.CancelledError:
-                self._failed(method, _ended_code(context))
+                self._failed(method, _ended_code(context), started)
                 raise
             except Exception as exc:
-                await self._abort(context, method, exc)
+                await self._abort(context, method, exc, started)
 
         return handler
 
     def _stream(self, method: str, behavior: Callable[..., AsyncIterator[Any]], streaming_in: bool
                 ) -> Callable[..., AsyncIterator[Any]]:
         async def handler(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+            started = time.perf_counter()
             if self._on_request:
                 self._on_request(method)
             try:
@@ -132,10 +135,10 @@ class StatusInterceptor(aio.ServerInterceptor):
             except aio.AbortError:
                 raise
             except asyncio.CancelledError:
-                self._failed(method, _ended_code(context))
+                self._failed(method, _ended_code(context), started)
                 raise
             except Exception as exc:
-                await self._abort(context, method, exc)
+                await self._abort(context, method, exc, started)
 
         return handler
 
@@ -166,4 +169,4 @@ def embed_error_interceptor() -> StatusInterceptor:
 
     return StatusInterceptor(status_code_for, EmbedError,
                              on_request=lambda method: metrics.REQUESTS.labels(method).inc(),
-                             on_failure=lambda method, code: metrics.FAILURES.labels(method, code.name).inc())
+                             on_failure=metrics.record_failure)
