@@ -98,7 +98,10 @@ def read_model_spec(path: str | Path, name: str | None = None) -> ModelSpec:
         max_positions -= int(config.get("pad_token_id", 1)) + 1
     elif config.get("model_type") == "mpnet":  # MPNet's position padding index is fixed at 1
         max_positions -= 2
-    max_tokens = int(st_config.get("max_seq_length") or max_positions)
+    # As sentence-transformers: its own max_seq_length, else the tokenizer's model_max_length, capped by positions.
+    tokenizer_limit = _read_json(root / "tokenizer_config.json").get("model_max_length")
+    max_tokens = int(st_config.get("max_seq_length") or (tokenizer_limit if isinstance(tokenizer_limit, int)
+                                                          and tokenizer_limit < 10**7 else max_positions))
     max_tokens = min(max_tokens, max_positions)
 
     family = "decoder" if config.get("model_type") in DECODER_MODEL_TYPES else "encoder"

@@ -90,7 +90,8 @@ class ModernBertModel:
         kinds = layer_types(config)
         self.layers = [ModernBertLayer(config, weights, i, kinds[i], self.attention) for i in range(len(kinds))]
         self.final_norm = LayerNorm(weights, "final_norm", eps)
-        self.rotary = {kind: Rotary(hidden // heads, theta, weights.device) for kind, theta in rope_thetas(config).items()}
+        self.rotary = {kind: Rotary(hidden // heads, theta, weights.device)
+                       for kind, theta in rope_thetas(config).items()}
 
     def __call__(self, ids: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
         x = self.embed_norm(F.embedding(ids, self.word))
