@@ -18,7 +18,7 @@ import torch
 from arctic_gen.config import ArcticConfig, ArcticSpeculativeConfig, ConfigError
 from arctic_gen.spec_decode.budget import Candidate, DraftBudget
 from arctic_gen.spec_decode.step import DraftStep, RunnerProposer
-from arctic_gen.spec_decode.suffix import SuffixDrafter, drafting_rows
+from arctic_gen.spec_decode.suffix import SuffixDrafter, drafting_limits
 
 
 class ArcticProposer(RunnerProposer):
@@ -62,17 +62,17 @@ class ArcticProposer(RunnerProposer):
         if self.suffix is not None:
             self.suffix.observe(step)
         drafts: list[list[int]] = [[] for _ in step.req_ids]
-        rows = [r for r in drafting_rows(step, self.config) if step.draft_limit(r, self.num_speculative_tokens) > 0]
+        rows, limits = drafting_limits(step, self.config, self.num_speculative_tokens)
         if not rows:
             return drafts
-        candidates = self._speculator_drafts(step, rows)
+        candidates = self._speculator_drafts(step, rows, limits)
         if self.suffix is not None:
-            candidates = self._hybrid(step, rows, candidates)
+            candidates = self._hybrid(step, rows, limits, candidates)
         for cand in self.budget.choose([c for c in candidates if c is not None and c.token_ids], step):
             drafts[cand.row] = cand.token_ids
         return drafts
 
-    def _speculator_drafts(self, step: DraftStep, rows: list[int]) -> list[Candidate | None]:
+    def _speculator_drafts(self, step: DraftStep, rows: list[int], limits: list[int]) -> list[Candidate | None]:
         if self.speculator is None or self.speculator_tokens == 0:
             return [None] * len(rows)
         hidden_rows = step.hidden_rows()
@@ -81,13 +81,13 @@ class ArcticProposer(RunnerProposer):
         last = torch.tensor([step.sampled_token_ids[r][-1] for r in rows], dtype=torch.long).to(hidden.device,
                                                                                                  non_blocking=True)
         tokens = self.speculator.propose(hidden.index_select(0, index), last, self.speculator_tokens).tolist()
-        return [Candidate(row, "speculator", draft[:step.draft_limit(row, self.speculator_tokens)])
-                for row, draft in zip(rows, tokens, strict=True)]
+        return [Candidate(row, "speculator", draft[:limit])
+                for row, draft, limit in zip(rows, tokens, limits, strict=True)]
 
-    def _hybrid(self, step: DraftStep, rows: list[int], spec_drafts: list[Candidate | None]) -> list[Candidate | None]:
+    def _hybrid(self, step: DraftStep, rows: list[int], limits: list[int],
+                spec_drafts: list[Candidate | None]) -> list[Candidate | None]:
         """Per request: the suffix draft when its score >= the speculator's draft length, else the speculator's."""
         assert self.suffix is not None
-        limits = [step.draft_limit(r, self.num_speculative_tokens) for r in rows]
         tokens, probs = self.suffix.draft(step, rows, limits)
         out: list[Candidate | None] = []
         for row, spec_cand, draft, p in zip(rows, spec_drafts, tokens, probs, strict=True):

@@ -56,9 +56,10 @@ class DraftStep:
             offset += (drafts[i] if drafts is not None else 0) + 1
         return rows
 
-    def draft_limit(self, row: int, wanted: int) -> int:
-        """Draft tokens row `row` may take: `wanted`, cut so the sequence stays below max_model_len."""
-        return max(0, min(wanted, self.max_model_len - int(self.num_tokens_no_spec[row]) - 1))
+    def draft_limits(self, rows: Sequence[int], wanted: int) -> list[int]:
+        """Draft tokens each of `rows` may take: `wanted`, cut so the sequence stays below max_model_len."""
+        room = self.max_model_len - 1 - self.num_tokens_no_spec[np.asarray(rows, dtype=np.int64)]
+        return np.clip(room, 0, wanted).tolist()
 
 
 class RunnerProposer(ABC):

@@ -75,6 +75,18 @@ def drafting_rows(step: DraftStep, spec: ArcticSpeculativeConfig) -> list[int]:
     return [row for row in range(first) if step.sampled_token_ids[row]]
 
 
+def drafting_limits(step: DraftStep, spec: ArcticSpeculativeConfig, wanted: int) -> tuple[list[int], list[int]]:
+    """The drafting rows that have room for a draft, and how many tokens each may draft (at most `wanted`)."""
+    rows = drafting_rows(step, spec)
+    if not rows:
+        return [], []
+    limits = step.draft_limits(rows, wanted)
+    kept = [i for i, n in enumerate(limits) if n > 0]
+    if len(kept) == len(rows):
+        return rows, limits
+    return [rows[i] for i in kept], [limits[i] for i in kept]
+
+
 class SuffixProposer(RunnerProposer):
     """Drafts up to `num_speculative_tokens` tokens per request from the request's prompt and output and from
     earlier responses, with the suffix_* fields of ArcticSpeculativeConfig."""
@@ -94,10 +106,10 @@ class SuffixProposer(RunnerProposer):
         self.budget.observe(step)
         self.suffix.observe(step)
         drafts: list[list[int]] = [[] for _ in step.req_ids]
-        rows = [r for r in drafting_rows(step, self.config) if step.draft_limit(r, self.num_speculative_tokens) > 0]
+        rows, limits = drafting_limits(step, self.config, self.num_speculative_tokens)
         if not rows:
             return drafts
-        tokens, probs = self.suffix.draft(step, rows, [step.draft_limit(r, self.num_speculative_tokens) for r in rows])
+        tokens, probs = self.suffix.draft(step, rows, limits)
         candidates = [Candidate(row, "suffix", draft, p) for row, draft, p in zip(rows, tokens, probs, strict=True)]
         for cand in self.budget.choose(candidates, step):
             drafts[cand.row] = cand.token_ids
