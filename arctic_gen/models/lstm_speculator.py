@@ -38,11 +38,11 @@ class LSTMSpeculator(Speculator):
         head = nn.Linear(config.width, config.vocab_size, bias=False)
         self.head = nn.ModuleList([head] * config.n_predict)
 
-    def _initial_carry(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
+    def initial_carry(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
         state = self._scaled_input(hidden)
         return state, state.new_zeros(*state.shape[:-1], self.gate_dim)
 
-    def _step(self, i: int, carry: tuple[Tensor, Tensor], tokens: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor]:
+    def step(self, i: int, carry: tuple[Tensor, Tensor], tokens: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor]:
         state, cell = carry
         p = self.gate_dim
         pre = self.projs[min(i, 1)](state)

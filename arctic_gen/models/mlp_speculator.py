@@ -65,10 +65,10 @@ class MLPSpeculator(Speculator):
     def _proj_index(self, i: int) -> int:
         return min(i, 1) if self.config.tie_weights else i
 
-    def _initial_carry(self, hidden: Tensor) -> Tensor:
+    def initial_carry(self, hidden: Tensor) -> Tensor:
         return self._scaled_input(hidden)
 
-    def _step(self, i: int, carry: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    def step(self, i: int, carry: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
         k = self._emb_index(i)
         state = self.proj[self._proj_index(i)](carry)
         state = state.add(self.emb[k](tokens), alpha=self.state_to_emb)

@@ -262,8 +262,8 @@ class Speculator(nn.Module):
     """Base of MLPSpeculator and LSTMSpeculator: step 0 reads the base model's hidden state and the token just
     sampled; step i's state and its greedy token feed step i + 1; head i turns step i's state into logits.
 
-    Subclasses define `_initial_carry(hidden)`, `_step(i, carry, tokens) -> (carry, state)`, the head modules in
-    `self.head`, and the Arctic weight-name mapping (`arctic_state_dict`, `load_arctic_state_dict`).
+    Subclasses define `initial_carry(hidden)`, `step(i, carry, tokens) -> (carry, state)` (the training loss
+    drives them directly), the heads in `self.head`, and `_checkpoint_names` (the map to Arctic's names).
     """
 
     config: SpeculatorConfig
@@ -283,10 +283,10 @@ class Speculator(nn.Module):
 
     # --- subclass contract ------------------------------------------------------------------------------------
 
-    def _initial_carry(self, hidden: Tensor) -> Any:
+    def initial_carry(self, hidden: Tensor) -> Any:
         raise NotImplementedError
 
-    def _step(self, i: int, carry: Any, tokens: Tensor) -> tuple[Any, Tensor]:
+    def step(self, i: int, carry: Any, tokens: Tensor) -> tuple[Any, Tensor]:
         raise NotImplementedError
 
     def _checkpoint_names(self) -> list[tuple[str, str, tuple[slice, ...] | None]]:
@@ -361,10 +361,10 @@ class Speculator(nn.Module):
         if input_ids.shape[1] < length + self.n_predict:
             raise ValueError(f"input_ids needs T + n_predict = {length + self.n_predict} columns, "
                              f"got {input_ids.shape[1]}")
-        carry = self._initial_carry(hidden_states)
+        carry = self.initial_carry(hidden_states)
         logits = []
         for i in range(self.n_predict):
-            carry, state = self._step(i, carry, input_ids[:, 1 + i:1 + i + length])
+            carry, state = self.step(i, carry, input_ids[:, 1 + i:1 + i + length])
             logits.append(self.head[i](state))
         return torch.stack(logits, dim=0)
 
@@ -375,11 +375,11 @@ class Speculator(nn.Module):
         [B, num_tokens] int64 greedy drafts (num_tokens <= n_predict). No host synchronisation; fixed shapes."""
         if not 1 <= num_tokens <= self.n_predict:
             raise ValueError(f"num_tokens must be in [1, {self.n_predict}], got {num_tokens}")
-        carry = self._initial_carry(hidden_states.to(self.dtype))
+        carry = self.initial_carry(hidden_states.to(self.dtype))
         tokens = last_token_ids
         drafts = []
         for i in range(num_tokens):
-            carry, state = self._step(i, carry, tokens)
+            carry, state = self.step(i, carry, tokens)
             tokens = torch.argmax(self.head[i](state), dim=-1)
             drafts.append(tokens)
         return torch.stack(drafts, dim=1)
