@@ -438,3 +438,27 @@ class GenerationCore:
             "spec_draft_tokens": self.stats.spec_draft_tokens,
             "spec_accepted_tokens": self.stats.spec_accepted_tokens,
         }
+
+    async def info_with_layout(self) -> dict[str, Any]:
+        """`info()` whose `arctic_config_json` also carries the parallel layout and the steps run in each mode
+        (`"layout": {"tensor_parallel_size", "sequence_parallel_size", "pipeline_parallel_size", "world_size",
+        "shift_parallel", "shift_parallel_threshold", "steps": {"sp": n, "tp": n}}`, first rank's counters)."""
+        from arctic_gen.config import ArcticConfig
+
+        info = self.info()
+        vllm_parallel = self.vllm_config.parallel_config
+        arctic = ArcticConfig.from_vllm_config(self.vllm_config).parallel
+        steps = {"sp": 0, "tp": 0}
+        if arctic.ulysses_sequence_parallel_size > 1:
+            steps = (await self.engine.collective_rpc("arctic_parallel_stats"))[0]["steps"]
+        layout = {
+            "tensor_parallel_size": vllm_parallel.tensor_parallel_size,
+            "sequence_parallel_size": arctic.ulysses_sequence_parallel_size,
+            "pipeline_parallel_size": vllm_parallel.pipeline_parallel_size,
+            "world_size": vllm_parallel.world_size,
+            "shift_parallel": arctic.enable_shift_parallel,
+            "shift_parallel_threshold": arctic.shift_parallel_threshold,
+            "steps": steps,
+        }
+        info["arctic_config_json"] = json.dumps({**json.loads(info["arctic_config_json"]), "layout": layout})
+        return info

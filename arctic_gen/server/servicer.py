@@ -98,7 +98,7 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
         return generate_pb2.AbortResponse(aborted=await self.core.abort(request.request_id))
 
     async def Info(self, request, context):
-        return generate_pb2.InfoResponse(**self.core.info())
+        return generate_pb2.InfoResponse(**await self.core.info_with_layout())
 
 
 def error_interceptor() -> StatusInterceptor:
