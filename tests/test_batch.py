@@ -78,7 +78,8 @@ def _rows_done(manifest: Path) -> int:
 def _run(jsonl_path: Path, out: Path, log: Path, kill_at: int | None) -> tuple[int, list[dict], list[int]]:
     """Run the job as a user would; sample (rows committed, RSS) from outside; SIGKILL it at `kill_at` rows."""
     cmd = [sys.executable, "-m", "arctic_embed", "batch", "--input", str(jsonl_path), "--output", str(out),
-           "--text-field", "body", "--id-field", "doc_id", "--chunk-rows", str(CHUNK), "--torch-threads", "2"]
+           "--text-field", "body", "--id-field", "doc_id", "--chunk-rows", str(CHUNK), "--in-flight", "2",
+           "--torch-threads", "2"]
     samples: list[dict] = []
     with open(log, "ab") as err, open(log.with_suffix(".out"), "ab") as stdout:
         proc = subprocess.Popen(cmd, stdout=stdout, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -97,10 +98,6 @@ def _run(jsonl_path: Path, out: Path, log: Path, kill_at: int | None) -> tuple[i
             time.sleep(0.1)
         rc = proc.wait(60)
     return rc, samples, sorted(children)
-
-
-def _at(samples: list[dict], rows: int) -> dict:
-    return next(s for s in samples if s["rows"] >= rows)
 
 
 @pytest.fixture(scope="module")
@@ -140,24 +137,32 @@ def test_sigkill_midway_then_restart_gives_every_row_exactly_once(job, jsonl) ->
     assert "row/s" in job["log"] and "tok/s" in job["log"] and "<" in job["log"]
 
 
+def _window(samples: list[dict], lo: int, hi: int) -> np.ndarray:
+    """Driver RSS (MiB) of the samples taken while rows lo..hi were committed, with the workers up."""
+    kb = [s["driver_rss_kb"] for s in samples if lo <= s["rows"] <= hi and s["total_rss_kb"] > s["driver_rss_kb"] > 0]
+    assert kb, f"no samples between rows {lo} and {hi}"
+    return np.asarray(kb) / 1024
+
+
 def test_rss_stays_flat_from_10k_to_50k_rows(job) -> None:
-    first, second = job["first"], job["second"]
-    at10k, at_kill = _at(first, 10_000), first[-1]
-    resumed, at50k = _at(second, job["killed_at"] + CHUNK), second[-1]
-    figures = {"driver_mb": {"10k": at10k["driver_rss_kb"] / 1024, f"{at_kill['rows']}": at_kill["driver_rss_kb"]
-                             / 1024, f"{resumed['rows']} (resumed)": resumed["driver_rss_kb"] / 1024,
-                             "50k": at50k["driver_rss_kb"] / 1024},
-               "with_workers_mb": {"10k": at10k["total_rss_kb"] / 1024, "50k": at50k["total_rss_kb"] / 1024}}
+    """The job's own process (reader, engine core, writer) holds the same memory at 50K rows as at 10K. The first
+    run covers rows 10K..kill, the resumed one kill..50K (a resumed job seeks past the committed rows)."""
+    early = _window(job["first"], 10_000, 20_000)
+    late = _window(job["second"], N_ROWS - 10_000, N_ROWS)
+    first_run = _window(job["first"], 10_000, N_ROWS)
+    second_run = _window(job["second"], job["killed_at"] + CHUNK, N_ROWS)
+    figures = {"driver_rss_mib_median_rows_10k_20k": round(float(np.median(early)), 1),
+               "driver_rss_mib_median_rows_40k_50k": round(float(np.median(late)), 1),
+               "driver_rss_mib_range_first_run_10k_to_kill": [round(float(first_run.min()), 1),
+                                                              round(float(first_run.max()), 1)],
+               "driver_rss_mib_range_resumed_run": [round(float(second_run.min()), 1),
+                                                    round(float(second_run.max()), 1)],
+               "killed_at_rows": job["killed_at"]}
     print("batch RSS:", json.dumps(figures))
     if os.environ.get("ARCTIC_BATCH_RSS_OUT"):
-        Path(os.environ["ARCTIC_BATCH_RSS_OUT"]).write_text(json.dumps({"figures": figures, "first": first,
-                                                                        "second": second}))
-    assert at50k["rows"] == N_ROWS or second[-1]["rows"] >= N_ROWS - CHUNK
-    limit_kb = 48 * 1024
-    # Within each process and across the two: no growth with the rows behind it.
-    assert at_kill["driver_rss_kb"] - at10k["driver_rss_kb"] < limit_kb, figures
-    assert at50k["driver_rss_kb"] - resumed["driver_rss_kb"] < limit_kb, figures
-    assert at50k["driver_rss_kb"] - at10k["driver_rss_kb"] < limit_kb, figures
+        Path(os.environ["ARCTIC_BATCH_RSS_OUT"]).write_text(json.dumps(figures, indent=1) + "\n")
+    assert abs(np.median(late) - np.median(early)) < 32, figures
+    assert first_run.max() - first_run.min() < 48 and second_run.max() - second_run.min() < 48, figures
 
 
 def test_vectors_equal_the_servers(job, jsonl, embed_server) -> None:

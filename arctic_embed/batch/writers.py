@@ -111,7 +111,11 @@ class ParquetWriter:
         import pyarrow.parquet as pq
 
         table = chunk_table(ids, emb, self.vector_format, self.metadata)
-        atomic_write(self.part_path(first_row), lambda f: pq.write_table(table, f, compression="snappy"))
+        # No dictionary or min/max statistics for the vectors: both cost more than the rest of the write together
+        # and buy nothing for floats.
+        small = [name for name in table.column_names if name != "vector"]
+        atomic_write(self.part_path(first_row), lambda f: pq.write_table(
+            table, f, compression="snappy", use_dictionary=["dtype"], write_statistics=small))
 
     def finish(self) -> str:
         return str(self.root)
