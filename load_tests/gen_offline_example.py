@@ -27,6 +27,10 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=800)
     parser.add_argument("--cpu", action="store_true", help="float32, 64 MiB KV cache, eager (CPU machines)")
     parser.add_argument("--eager", action="store_true", help="enforce_eager (no torch.compile / CUDA graphs)")
+    parser.add_argument("--ulysses-sequence-parallel-size", type=int, default=1,
+                        help="SP ranks (CPU: set VLLM_CPU_OMP_THREADS_BIND to one core list per rank, e.g. '0|1')")
+    parser.add_argument("--enable-shift-parallel", action="store_true")
+    parser.add_argument("--shift-parallel-threshold", type=int, default=512)
     args = parser.parse_args()
 
     import vllm
@@ -54,8 +58,9 @@ def main() -> None:
     llm = LLM(
         model=args.model,
         tensor_parallel_size=1,
-        ulysses_sequence_parallel_size=1,
-        enable_shift_parallel=False,
+        ulysses_sequence_parallel_size=args.ulysses_sequence_parallel_size,
+        enable_shift_parallel=args.enable_shift_parallel,
+        shift_parallel_threshold=args.shift_parallel_threshold,
         speculative_config=speculative_config,
         disable_log_stats=False,
         **extra,
@@ -83,7 +88,9 @@ def main() -> None:
             counters[metric.name.removeprefix("vllm:spec_decode_")] = metric.value
     print(json.dumps({"method": method, "vllm": vllm.__version__, "load_s": round(load_s, 1),
                       "completion_tokens": len(completion.token_ids), "finish_reason": completion.finish_reason,
-                      "tokens_per_s": round(len(completion.token_ids) / gen_s, 1), "spec": counters}))
+                      "tokens_per_s": round(len(completion.token_ids) / gen_s, 1), "spec": counters,
+                      "parallel_steps": (llm.collective_rpc("arctic_parallel_stats")[0]["steps"]
+                                         if args.ulysses_sequence_parallel_size > 1 else None)}))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ SHIFT_THRESHOLD = 4
 SMOL_PROMPTS = ["The capital of France is", "Write a haiku about the sea."]
 SMOL_TOKENS = 16
 
+RESULT_MARK = "ARCTIC_PARALLEL_RESULT "
+
 
 def _run(job: dict) -> dict:
     """Run `job` (see `_main`) in a fresh process with one core per rank; returns its JSON result."""
@@ -43,7 +45,9 @@ def _run(job: dict) -> dict:
                          timeout=900, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"parallel engine failed:\n{out.stderr[-6000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    # vLLM logs to stdout too (its shutdown lines come after ours): find our line by its mark.
+    lines = [line for line in out.stdout.splitlines() if line.startswith(RESULT_MARK)]
+    return json.loads(lines[-1].removeprefix(RESULT_MARK))
 
 
 def _main() -> None:
@@ -63,7 +67,7 @@ def _main() -> None:
         outputs = llm.generate(prompts, params, use_tqdm=False)
         rounds.append({"token_ids": [list(o.outputs[0].token_ids) for o in outputs],
                        "stats": llm.collective_rpc("arctic_parallel_stats")})
-    print(json.dumps({"rounds": rounds}), flush=True)
+    print(RESULT_MARK + json.dumps({"rounds": rounds}), flush=True)
 
 
 @pytest.fixture(scope="module")
