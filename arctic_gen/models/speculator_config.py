@@ -440,18 +440,20 @@ def load_speculator(path: str | os.PathLike, device: torch.device | str, dtype: 
     return model.to(device=device, dtype=dtype).eval()
 
 
-def save_speculator(model: Speculator, path: str | os.PathLike) -> None:
-    """Write config.json + model.safetensors in the model's checkpoint layout (Arctic's unless loaded from IBM's)."""
+def save_speculator(model: Speculator, path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> None:
+    """Write config.json + model.safetensors in the model's checkpoint layout (Arctic's unless loaded from IBM's),
+    in `dtype` (default: the model's)."""
     from safetensors.torch import save_file
 
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
-    dtype_name = str(model.dtype).removeprefix("torch.")
-    weights = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.arctic_state_dict().items()}
+    dtype = dtype or model.dtype
+    weights = {name: t.detach().to("cpu", dtype).contiguous() for name, t in model.arctic_state_dict().items()}
     tmp = directory / f".{WEIGHTS_NAME}.tmp"
     save_file(weights, str(tmp), metadata={"format": "pt"})
     tmp.replace(directory / WEIGHTS_NAME)
-    (directory / "config.json").write_text(json.dumps(model.config.to_dict(dtype_name), indent=2) + "\n")
+    config = model.config.to_dict(str(dtype).removeprefix("torch."))
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 __all__ = [

@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export a run's latest train_state.pt in Arctic's format")
     export.add_argument("--train-dir", required=True)
     export.add_argument("--out", required=True)
+    export.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
 
     evaluate = sub.add_parser("eval", help="held-out draft acceptance of a speculator directory")
     evaluate.add_argument("--speculator", required=True)
@@ -106,9 +107,11 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict:
         summary = run_train(_config(TrainConfig, args), progress=not args.no_progress)
         return {"stage": "train", **{k: v for k, v in summary.items() if k not in ("history", "config")}}
     if args.stage == "export":
+        import torch
+
         from arctic_gen.training.speculator.train import export_state
 
-        export_state(args.train_dir, args.out)
+        export_state(args.train_dir, args.out, getattr(torch, args.dtype))
         return {"stage": "export", "out": args.out}
     from arctic_gen.models.speculator_config import load_speculator
     from arctic_gen.training.speculator.base_model import load_base, pick_device

@@ -76,15 +76,19 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     log_every: int = 10
+    export_dtype: str = "bfloat16"
+    """Weights dtype of the exported checkpoint (bfloat16 like Arctic's, or float32)."""
 
     def validate(self) -> None:
         if self.max_steps <= 0 and self.max_seconds <= 0:
             raise ValueError("give --max-steps or --max-seconds (or both)")
+        if self.export_dtype not in ("bfloat16", "float16", "float32"):
+            raise ValueError(f"--export-dtype must be bfloat16, float16 or float32, got {self.export_dtype!r}")
         if self.method not in ("sum_rnn", "sum_lstm"):
             raise ValueError(f"--method must be sum_rnn or sum_lstm, got {self.method!r}")
 
     def identity(self) -> dict[str, Any]:
-        drop = ("max_steps", "max_seconds", "save_every", "eval_sequences", "device", "log_every")
+        drop = ("max_steps", "max_seconds", "save_every", "eval_sequences", "device", "log_every", "export_dtype")
         return {k: v for k, v in asdict(self).items() if k not in drop}
 
 
@@ -295,7 +299,7 @@ def run_train(config: TrainConfig, progress: bool = True) -> dict:
     summary: dict[str, Any] = {}
     if dist_env.main:
         spec.eval()
-        save_speculator(spec, out / EXPORT_DIR)
+        save_speculator(spec, out / EXPORT_DIR, dtype=getattr(torch, config.export_dtype))
         eval_start = time.monotonic()
         acceptance = evaluate(spec, base, held_out, device, config.max_len, config.tokens_per_batch,
                               config.eval_sequences)
@@ -316,7 +320,8 @@ def run_train(config: TrainConfig, progress: bool = True) -> dict:
     return summary
 
 
-def export_state(train_dir: str | os.PathLike, out_dir: str | os.PathLike) -> None:
+def export_state(train_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                 dtype: torch.dtype = torch.bfloat16) -> None:
     """Export the speculator of a (possibly unfinished) run's train_state.pt in Arctic's format."""
     state_path = Path(train_dir) / STATE_NAME
     if not state_path.exists():
@@ -324,7 +329,7 @@ def export_state(train_dir: str | os.PathLike, out_dir: str | os.PathLike) -> No
     state = torch.load(state_path, map_location="cpu", weights_only=False)
     spec = build_speculator(SpeculatorConfig.from_dict(state["spec_config"]))
     spec.load_state_dict(state["model"])
-    save_speculator(spec.eval(), out_dir)
+    save_speculator(spec.eval(), out_dir, dtype=dtype)
 
 
 __all__ = ["TrainConfig", "evaluate", "export_state", "run_train"]
