@@ -52,7 +52,8 @@ def init_swiftkv_tensors(teacher: dict[str, torch.Tensor], config: LlamaSwiftKVC
     suffixes = ["weight"] + (["bias"] if getattr(config, "attention_bias", False) else [])
     for i in range(k, layers):
         for s in suffixes:
-            out[f"model.layers.{i}.self_attn.q_proj_swiftkv.{s}"] = teacher[f"model.layers.{i}.self_attn.q_proj.{s}"].clone()
+            q_proj = teacher[f"model.layers.{i}.self_attn.q_proj.{s}"]
+            out[f"model.layers.{i}.self_attn.q_proj_swiftkv.{s}"] = q_proj.clone()
         if (i - k) % group:
             continue
         for p in ("k_proj", "v_proj"):
