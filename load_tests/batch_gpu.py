@@ -19,6 +19,7 @@ import datetime
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -108,7 +109,7 @@ def main() -> None:
     parser.add_argument("--max-batch-tokens", type=int, default=65536)
     parser.add_argument("--max-batch-size", type=int, default=2048)
     parser.add_argument("--chunk-rows", type=int, default=8192)
-    parser.add_argument("--in-flight", type=int, default=8)
+    parser.add_argument("--in-flight", type=int, default=4)
     parser.add_argument("--dtype", default="float32", help="output dtype of both paths")
     parser.add_argument("--server-seconds", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=256, help="server load: requests of 64 in flight")
@@ -189,6 +190,7 @@ def main() -> None:
     ratio = f"{tps / server_tps:.1%} of the server's {server_tps:,.0f}" if server_tps else "no server figure"
     print(f"in-process: {args.rows:,} docs × {args.tokens} tokens at {tps:,.0f} tok/s ({ratio}); "
           f"total {time.perf_counter() - t0:.0f}s; wrote {out}", flush=True)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -29,13 +29,13 @@ def test_ray_data_path_gives_the_same_vectors(local_ray, tmp_path: Path, st_mode
     from arctic_embed.batch.writers import chunk_table
     from arctic_embed.testing import varied_texts
 
-    texts = varied_texts(160, seed=3)
+    texts = varied_texts(96, seed=3)
     n = len(texts)
     src = tmp_path / "docs.parquet"
     pq.write_table(pa.table({"doc": list(range(1000, 1000 + n)), "text": texts, "extra": ["x"] * n}), src,
-                   row_group_size=40)
+                   row_group_size=32)
     job = RayJob(input=str(src), output=str(tmp_path / "vectors"), id_column="doc", actors=1, cpus_per_actor=1,
-                 batch_rows=48, embed=EmbedOptions(dtype="float32"))
+                 batch_rows=32, embed=EmbedOptions(dtype="float32"))
     summary = run_ray_job(job)
     table = pq.read_table(tmp_path / "vectors")
     table = table.sort_by("id")

@@ -3,6 +3,7 @@ ones the server runs) and calls the embedding core directly. No gRPC, no seriali
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import numpy as np
@@ -15,6 +16,8 @@ from arctic_embed.model_files import read_model_spec
 from arctic_embed.replicas import ReplicaManager
 from arctic_embed.service import EmbedCore, EmbedJob
 from arctic_embed.tokenizer_pool import TokenizerPool
+
+PIECE_ROWS = 1024
 
 
 def _cpus() -> int:
@@ -73,17 +76,24 @@ class InProcessEngine:
         self._core = EmbedCore(self.config, self.spec, self._pool, self._replicas)
 
     async def embed(self, texts: list[str], options: EmbedOptions) -> ChunkEmbeddings:
-        assert self._core is not None, "start() first"
-        job = EmbedJob(texts=texts, normalize=options.normalize, dimensions=options.dimensions,
-                       truncate=options.truncate, truncate_left=options.truncate_left,
-                       prompt_name=options.prompt_name, prefix=options.prefix, dtype=options.dtype)
+        """One chunk, as pieces of PIECE_ROWS texts sent at once: every tokenizer worker gets a share (the pool
+        hands a whole request to one worker when none is idle), and the replicas batch the pieces back together."""
+        core = self._core
+        assert core is not None, "start() first"
+        jobs = [EmbedJob(texts=texts[i:i + PIECE_ROWS], normalize=options.normalize, dimensions=options.dimensions,
+                         truncate=options.truncate, truncate_left=options.truncate_left,
+                         prompt_name=options.prompt_name, prefix=options.prefix, dtype=options.dtype)
+                for i in range(0, len(texts), PIECE_ROWS)]
         try:
-            result = await self._core.embed(job)
+            results = await asyncio.gather(*(core.embed(job) for job in jobs))
         except EmbedError as exc:
             raise BatchError(str(exc)) from None
-        data = np.frombuffer(result.data, dtype=np.uint8).reshape(result.n, result.row_bytes)
-        return ChunkEmbeddings(data, result.dim, result.dtype, result.token_counts.astype(np.int32, copy=False),
-                               result.scales)
+        first = results[0]
+        blob = first.data if len(results) == 1 else b"".join(r.data for r in results)
+        data = np.frombuffer(blob, dtype=np.uint8).reshape(len(texts), first.row_bytes)
+        tokens = np.concatenate([r.token_counts for r in results]).astype(np.int32, copy=False)
+        scales = None if first.scales is None else np.concatenate([r.scales for r in results])
+        return ChunkEmbeddings(data, first.dim, first.dtype, tokens, scales)
 
     async def close(self) -> None:
         if self._replicas is not None:

@@ -135,7 +135,7 @@ def _read(job: RayJob):
         return ray.data.read_json(job.input).select_columns(columns)
     if suffix == "csv":
         return ray.data.read_csv(job.input).select_columns(columns)
-    return ray.data.read_parquet(job.input, columns=columns)
+    return ray.data.read_parquet(job.input).select_columns(columns)  # projected into the read by Ray's optimizer
 
 
 def embed_dataset(ds, job: RayJob):
