@@ -25,7 +25,7 @@ def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("gen-reliability") / "server.log"
     srv = start_gen_server(str(tiny_llama()), ["--dtype", "float32", "--max-model-len", "512",
                                                "--kv-cache-memory-bytes", str(64 * 2**20), "--enforce-eager",
-                                               "--grace-period", "5"], log_path=log)
+                                               "--grace-period", "5"], log_path=log, timeout_s=900)
     yield srv
     srv.stop()
 

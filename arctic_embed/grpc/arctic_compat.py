@@ -68,8 +68,12 @@ class ArcticInferenceServicer(pb_grpc.InferenceServiceServicer):
 
     async def HealthCheck(self, request: pb.HealthCheckRequest,
                           context: aio.ServicerContext) -> pb.HealthCheckResponse:
-        ready = self._core.replicas.n_ready
-        return pb.HealthCheckResponse(healthy=ready > 0, message=f"{ready} replicas ready")
+        core = self._core
+        ready, failed, total = core.replicas.n_ready, core.replicas.n_failed, len(core.replicas.replicas)
+        message = f"{ready}/{total} replicas ready, {failed} failing (restarting with backoff); " \
+                  f"{core.tokenizers.n_alive}/{core.tokenizers.size} tokenizer workers" + \
+                  ("; draining" if core.draining else "")
+        return pb.HealthCheckResponse(healthy=ready > 0 and not core.draining, message=message)
 
 
 def add_to_server(core: EmbedCore, server: aio.Server) -> str:

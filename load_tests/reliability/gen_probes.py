@@ -40,7 +40,7 @@ def main() -> None:
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     server = start_gen_server(str(tiny_llama()), ["--dtype", "float32", "--max-model-len", "512",
                                                   "--kv-cache-memory-bytes", str(64 * 2**20), "--enforce-eager",
-                                                  "--grace-period", "5"], log_path=LOG_DIR / "gen.log")
+                                                  "--grace-period", "5"], log_path=LOG_DIR / "gen.log", timeout_s=900)
     try:
         report = probes.malformed_probe(server.target, probes.GEN_UNARY, probes.GEN_SERVER_STREAMING,
                                         probes.REFLECTION, timeout_s=20)
