@@ -125,3 +125,36 @@ def test_gen_serve_options_help_and_env(monkeypatch) -> None:
     assert len(ours) == 8
     for action in ours:
         assert "(default:" in action.help and f"[env ARCTIC_GEN_{action.dest.upper()}]" in action.help
+
+
+def test_json_log_lines_carry_fields_and_exceptions(capsys) -> None:
+    import json
+    import logging
+
+    from arctic_embed.logs import configure, log_access
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, os.environ.get("ARCTIC_LOG_FORMAT"))
+    try:
+        configure("INFO", "json", role="gateway")
+        assert os.environ["ARCTIC_LOG_FORMAT"] == "json"  # replicas and tokenizer workers log the same way
+        log_access(logging.getLogger("arctic.access"), "http", "POST /v1/embeddings", 200, 0.0123, "1.2.3.4:5", 64)
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("x").exception("failed")
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+        access, failure = lines
+        assert access["message"] == "http POST /v1/embeddings 200 12.3ms peer=1.2.3.4:5 inputs=64"
+        assert (access["status"], access["duration_ms"], access["inputs"], access["role"]) == (200, 12.3, 64,
+                                                                                                "gateway")
+        assert failure["level"] == "ERROR" and "ValueError: boom" in failure["exc"]
+        with pytest.raises(ValueError, match="log format"):
+            configure("INFO", "xml")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        if saved[2] is None:
+            os.environ.pop("ARCTIC_LOG_FORMAT", None)
+        else:
+            os.environ["ARCTIC_LOG_FORMAT"] = saved[2]
