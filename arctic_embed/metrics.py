@@ -12,6 +12,8 @@ REQUESTS = Counter("arctic_embed_requests_total",
                    ["rpc"])
 HTTP_REQUESTS = Counter("arctic_embed_http_requests_total", "HTTP requests answered, by route and status code",
                         ["route", "code"])
+HTTP_CLIENT_GONE = Counter("arctic_embed_http_client_disconnects_total",
+                           "HTTP embedding requests whose client left before the answer (their work was dropped)")
 FAILURES = Counter("arctic_embed_request_failures_total", "Requests that ended with an error", ["rpc", "code"])
 INPUTS = Counter("arctic_embed_inputs_total", "Inputs embedded")
 TOKENS = Counter("arctic_embed_tokens_total", "Tokens embedded")

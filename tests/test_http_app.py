@@ -45,3 +45,49 @@ def test_body_over_the_limit_is_413_and_health_503_when_not_ready() -> None:
             assert health.status_code == 503 and health.json()["error_type"] == "Unhealthy"
 
     _run(go())
+
+
+def test_client_gone_cancels_the_core_work() -> None:
+    """The client disconnects while its request is embedding: the core's task is cancelled (work dropped)."""
+
+    class StuckCore:
+        model_name = "m"
+        cancelled = asyncio.Event()
+
+        async def embed(self, job):
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+
+    async def go() -> None:
+        core = StuckCore()
+        app = build_app(core, lambda: True, 10_000)  # type: ignore[arg-type]
+        left = asyncio.Event()
+        messages = [{"type": "http.request", "body": b'{"input": ["x"]}', "more_body": False}]
+
+        async def receive() -> dict:
+            if messages:
+                return messages.pop(0)
+            await left.wait()
+            return {"type": "http.disconnect"}
+
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "http_version": "1.1", "method": "POST", "path": "/v1/embeddings",
+                 "raw_path": b"/v1/embeddings", "query_string": b"", "root_path": "", "scheme": "http",
+                 "headers": [(b"content-type", b"application/json"), (b"content-length", b"16")],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8080)}
+        call = asyncio.ensure_future(app(scope, receive, send))
+        await asyncio.sleep(0.2)
+        assert not core.cancelled.is_set() and not call.done()
+        left.set()
+        await asyncio.wait_for(call, 10)
+        assert core.cancelled.is_set()
+        assert sent[0]["status"] == 499
+
+    _run(go())

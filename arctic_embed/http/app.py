@@ -7,6 +7,7 @@ turns them into JSON numbers with msgspec (about 20× faster than the standard l
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import logging
@@ -24,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from arctic_embed import __version__, metrics
 from arctic_embed.auth import bearer_matches
-from arctic_embed.errors import EmbedError, InvalidInput, Unavailable
+from arctic_embed.errors import Cancelled, EmbedError, InvalidInput, Unavailable
 from arctic_embed.http.errors import (
     INTERNAL,
     TOO_LARGE,
@@ -79,6 +80,27 @@ def timing_headers(result: EmbedResult) -> dict[str, str]:
             "x-queue-time": f"{t.queue_ns / 1e6:.3f}", "x-inference-time": f"{t.inference_ns / 1e6:.3f}"}
 
 
+async def embed_unless_gone(core: EmbedCore, job: EmbedJob, request: Request) -> EmbedResult:
+    """`core.embed(job)`, cancelled when the client disconnects first (its work is dropped, as over gRPC)."""
+    work = asyncio.ensure_future(core.embed(job))
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not work.done() and gone.done():
+            work.cancel()
+        gone.cancel()
+    if not work.done():
+        metrics.HTTP_CLIENT_GONE.inc()
+        raise Cancelled("the client disconnected; its work was dropped")
+    return work.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def float_rows(result: EmbedResult) -> list[list[float]]:
     return np.frombuffer(result.data, dtype="<f4").reshape(result.n, result.dim).tolist()
 
@@ -113,11 +135,11 @@ def build_app(core: EmbedCore, ready: Callable[[], bool], max_body_bytes: int,
         return error(request, f"internal error (incident {incident}); the server log has the details", INTERNAL)
 
     @app.post("/v1/embeddings", summary="OpenAI-compatible embeddings")
-    async def openai_embeddings(body: OpenAIEmbeddingRequest) -> Response:
+    async def openai_embeddings(body: OpenAIEmbeddingRequest, request: Request) -> Response:
         texts, ids = job_inputs(body.input, "input")
         job = EmbedJob(texts=texts, token_ids=ids, model=body.model, normalize=body.normalize,
                        dimensions=body.dimensions, truncate=body.truncate)
-        result = await core.embed(job)
+        result = await embed_unless_gone(core, job, request)
         if body.encoding_format == "base64":
             view = memoryview(result.data)
             size = result.row_bytes
@@ -137,7 +159,7 @@ def build_app(core: EmbedCore, ready: Callable[[], bool], max_body_bytes: int,
             {"id": core.model_name, "object": "model", "created": 0, "owned_by": "arctic-serve"}]})
 
     @app.post("/embed", summary="text-embeddings-inference-compatible embeddings")
-    async def tei_embed(body: TEIEmbedRequest) -> Response:
+    async def tei_embed(body: TEIEmbedRequest, request: Request) -> Response:
         side = body.truncation_direction.lower()
         if side not in ("right", "left"):
             raise InvalidInput(f"truncation_direction {body.truncation_direction!r}: right or left")
@@ -145,7 +167,7 @@ def build_app(core: EmbedCore, ready: Callable[[], bool], max_body_bytes: int,
         job = EmbedJob(texts=texts, token_ids=ids, normalize=body.normalize, dimensions=body.dimensions,
                        truncate=True if body.truncate is None else body.truncate, truncate_left=side == "left",
                        prompt_name=body.prompt_name or "")
-        result = await core.embed(job)
+        result = await embed_unless_gone(core, job, request)
         return json_response(float_rows(result), headers=timing_headers(result))
 
     @app.get("/health", summary="200 when the server can take work, 503 otherwise")
