@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from prometheus_client import Counter
+
 from arctic_embed.grpc.errors import StatusInterceptor
 from arctic_gen.server.core import ChatMessage, Delta, GenerateInput, GenerationCore, Sampling
 from arctic_gen.server.errors import GenerateError, InvalidArgument, status_code
@@ -101,6 +103,14 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
         return generate_pb2.InfoResponse(**await self.core.info_with_layout())
 
 
+REQUESTS = Counter("arctic_gen_requests_total", "gRPC calls received, by method", ["rpc"])
+FAILURES = Counter("arctic_gen_request_failures_total",
+                   "Calls that ended with an error, by method and status code (deadlines and cancels included)",
+                   ["rpc", "code"])
+
+
 def error_interceptor() -> StatusInterceptor:
-    """Maps `GenerateError`s to their status (errors.STATUS_CODES); anything else is INTERNAL with a log line."""
-    return StatusInterceptor(status_code, GenerateError)
+    """Maps `GenerateError`s to their status (errors.STATUS_CODES); anything else is INTERNAL with a log line.
+    Calls and failures by status code go to Prometheus (`--metrics-port`)."""
+    return StatusInterceptor(status_code, GenerateError, on_request=lambda method: REQUESTS.labels(method).inc(),
+                             on_failure=lambda method, code, _seconds: FAILURES.labels(method, code.name).inc())
