@@ -19,19 +19,25 @@ pytestmark = pytest.mark.vllm
 EXAMPLE = Path(__file__).resolve().parents[1] / "load_tests" / "gen_offline_example.py"
 
 
-def test_seed_offline_example_runs_on_smollm2() -> None:
+@pytest.mark.parametrize("method", ["auto", "arctic"])
+def test_seed_offline_example_runs_on_smollm2(method: str) -> None:
     pytest.importorskip("vllm")
     from arctic_gen.patches.engine_args import proposer_available
-    from arctic_gen.testing import smollm2
+    from arctic_gen.testing import random_speculator, smollm2
 
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    out = subprocess.run([sys.executable, str(EXAMPLE), "--model", str(smollm2()), "--max-tokens", "32", "--cpu"],
-                         capture_output=True, text=True, timeout=600, env=env)
+    cmd = [sys.executable, str(EXAMPLE), "--model", str(smollm2()), "--max-tokens", "32", "--cpu", "--method", method]
+    if method == "arctic":  # the seed's config: a speculator in Arctic's format, suffix on, disable_by_batch_size
+        cmd += ["--speculator", str(random_speculator(smollm2(), "sum_lstm", inner_dim=32))]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-4000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     # Our suffix method when its proposer is in the build; vLLM's ngram until then (vLLM's own "suffix" needs
     # arctic-inference, which must not be installed next to this plugin).
-    assert summary["method"] == ("suffix" if proposer_available("suffix") else "ngram")
+    if method == "auto":
+        assert summary["method"] == ("suffix" if proposer_available("suffix") else "ngram")
+    else:
+        assert summary["method"] == "arctic"
     assert summary["completion_tokens"] > 0 and summary["finish_reason"] in ("length", "stop")
     assert "education" in out.stdout.lower()
     assert summary["spec"].get("num_drafts", 0) > 0
