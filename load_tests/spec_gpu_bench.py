@@ -20,6 +20,7 @@ import argparse
 import json
 import random
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -54,11 +55,11 @@ def code_snippet(rng: random.Random, lines: int) -> tuple[str, str, str]:
     return "\n".join(body), old, new
 
 
-def prompts_for(phase: str, n: int, seed: int) -> list[str]:
+def prompts_for(phase: str, n: int, seed: int, lines: int = 40) -> list[str]:
     rng = random.Random(f"{phase}-{seed}")
     out = []
     for _ in range(n):
-        code, old, new = code_snippet(rng, rng.randint(28, 40))
+        code, old, new = code_snippet(rng, rng.randint(lines // 2, lines))
         out.append(f"Rewrite this code renaming the variable `{old}` to `{new}`. Output only the code.\n\n"
                    f"```python\n{code}\n```")
     return out
@@ -100,8 +101,8 @@ def run_method(args, method: str) -> list[dict]:
     extra = ({"dtype": "float32", "kv_cache_memory_bytes": 256 * 2**20, "enforce_eager": True} if args.cpu
              else {"dtype": "bfloat16", "gpu_memory_utilization": args.gpu_memory_utilization})
     start = time.perf_counter()
-    llm = LLM(model=args.model, max_model_len=4096, max_num_seqs=max(args.concurrency), speculative_config=spec,
-              disable_log_stats=False, seed=0, **extra)
+    llm = LLM(model=args.model, max_model_len=args.max_model_len, max_num_seqs=max(args.concurrency),
+              speculative_config=spec, disable_log_stats=False, seed=0, **extra)
     print(f"[{method}] engine ready in {time.perf_counter() - start:.0f} s", flush=True)
     tok = llm.get_tokenizer()
 
@@ -110,10 +111,11 @@ def run_method(args, method: str) -> list[dict]:
                 for t in texts]
 
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
-    llm.generate(chat(prompts_for(f"warmup-{method}", 4, args.seed)), params, use_tqdm=False)
+    llm.generate(chat(prompts_for(f"warmup-{method}", 4, args.seed, args.code_lines)), params, use_tqdm=False)
     rows = []
     for c in args.concurrency:
-        prompts = chat(prompts_for(f"phase-{c}", max(c, args.min_requests) if c == 1 else c, args.seed))
+        n = max(c, args.min_requests) if c == 1 else c
+        prompts = chat(prompts_for(f"phase-{c}", n, args.seed, args.code_lines))
         before = _counters(llm)
         t0 = time.perf_counter()
         if c == 1:
@@ -148,17 +150,30 @@ def main() -> None:
     parser.add_argument("--min-requests", type=int, default=4, help="requests in the concurrency-1 phase")
     parser.add_argument("--num-speculative-tokens", type=int, default=16, help="draft slots for suffix/arctic")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.5)
+    parser.add_argument("--max-model-len", type=int, default=4096)
+    parser.add_argument("--code-lines", type=int, default=40, help="statements per code snippet (prompt size)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="spec_bench.json")
     parser.add_argument("--cpu", action="store_true", help="float32, eager, small KV cache (a CPU dry run)")
+
+    parser.add_argument("--one-method", help=argparse.SUPPRESS)  # internal: run one method, print its rows
     args = parser.parse_args()
 
-    import vllm.plugins
+    if args.one_method:
+        import vllm.plugins
 
-    vllm.plugins.load_general_plugins()
+        vllm.plugins.load_general_plugins()
+        print("ROWS " + json.dumps(run_method(args, args.one_method)), flush=True)
+        return
     rows: list[dict] = []
-    for method in args.methods:
-        rows.extend(run_method(args, method))
+    for method in args.methods:  # one process per engine: GPU memory and vLLM's global state start clean
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--one-method", method]
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        found = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROWS ")]
+        if proc.returncode != 0 or not found:
+            print(proc.stdout[-3000:])
+            raise SystemExit(f"method {method} failed (exit {proc.returncode})")
+        rows.extend(json.loads(found[-1][5:]))
     nospec = {r["concurrency"]: r["tokens_per_s"] for r in rows if r["method"] == "none"}
     device = "cpu"
     if not args.cpu:
