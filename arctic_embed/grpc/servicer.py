@@ -132,10 +132,11 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
         info = ready[0].info if ready else {}
         return pb.InfoResponse(
             model=core.model_name, dim=core.spec.dim, max_input_tokens=core.spec.max_input_tokens,
-            engine=core.config.replica.engine, model_dtype=str(info.get("model_dtype", "")),
+            engine=str(info.get("engine") or core.config.replica.engine), model_dtype=str(info.get("model_dtype", "")),
             prompt_names=sorted(core.spec.prompts), max_inputs_per_request=core.config.max_inputs_per_request,
             n_replicas=len(core.replicas.replicas), n_healthy_replicas=len(ready), vocab_size=core.vocab_size,
-            version=__version__,
+            version=__version__, pooling=core.spec.pooling, pooling_source=core.spec.pooling_source,
+            architecture=core.spec.architecture,
         )
 
 

@@ -168,7 +168,7 @@ class PackedAttention:
         """qkv [total, 3, heads, head_dim] → context [total, heads * head_dim]."""
         if batch.padded is not None:
             return self._padded(qkv, batch, window, bias)
-        if self.flash is not None and bias is None and batch.cu_seqlens is not None:
+        if self.flash is not None and bias is None and batch.cu_seqlens is not None and qkv.dtype != torch.float32:
             q, k, v = qkv.unbind(1)
             out = self.flash(q, k, v, max_seqlen_q=batch.max_seqlen, cu_seqlens_q=batch.cu_seqlens,
                              max_seqlen_k=batch.max_seqlen, cu_seqlens_k=batch.cu_seqlens, causal=False,

@@ -100,6 +100,9 @@ def _randomize(model: torch.nn.Module, seed: int, scale: float) -> None:
 
 
 def write_sentence_transformers_files(out: Path, hidden: int, st: SentenceTransformersFiles, seed: int = 0) -> None:
+    if st.prompts:  # instruction prefixes live apart from the module list (Qwen3-Embedding has prompts only)
+        (out / "config_sentence_transformers.json").write_text(json.dumps({"prompts": st.prompts,
+                                                                           "default_prompt_name": None}))
     if st.pooling is None:
         return
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
@@ -135,9 +138,6 @@ def write_sentence_transformers_files(out: Path, hidden: int, st: SentenceTransf
                         "type": "sentence_transformers.models.Normalize"})
         (out / "3_Normalize").mkdir(exist_ok=True)
     (out / "modules.json").write_text(json.dumps(modules))
-    if st.prompts:
-        (out / "config_sentence_transformers.json").write_text(json.dumps({"prompts": st.prompts,
-                                                                           "default_prompt_name": None}))
 
 
 @dataclass(frozen=True)
@@ -226,7 +226,7 @@ def build_random_model(family: str, out: Path, shape: Shape = TINY, st: Sentence
 
     `vocab_size` overrides the tokenizer's (benchmarks use the real vocabulary size; ids stay below the
     tokenizer's anyway)."""
-    from transformers import AutoModel
+    from transformers import AutoModel, AutoModelForCausalLM
 
     out.mkdir(parents=True, exist_ok=True)
     if with_tokenizer:
@@ -235,7 +235,8 @@ def build_random_model(family: str, out: Path, shape: Shape = TINY, st: Sentence
         vocab, specials = WORDPIECE_VOCAB, {"pad": 1, "bos": 0, "eos": 2, "cls": 0, "sep": 2}
     config = build_config(family, shape, vocab_size or vocab, specials)
     torch.manual_seed(seed)
-    model = AutoModel.from_config(config)
+    # Decoder embedders ship as *ForCausalLM checkpoints (Qwen3-Embedding does); encoders as base models.
+    model = (AutoModelForCausalLM if family == "qwen3" else AutoModel).from_config(config)
     _randomize(model, seed, scale)
     model.to(dtype).save_pretrained(str(out))
     write_sentence_transformers_files(out, shape.hidden, st if st is not None else SentenceTransformersFiles(),
