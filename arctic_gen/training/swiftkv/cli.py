@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hidden_states index for the MSE term (default: num_hidden_layers - 1)")
     p.add_argument("--corpus", default=defaults.corpus,
                    help="JSON lines with prompt/response (default: Python standard library docstrings, offline)")
+    p.add_argument("--corpus-packages", nargs="*", default=list(defaults.corpus_packages),
+                   help="installed packages whose docstrings extend the default corpus (e.g. numpy torch)")
     p.add_argument("--max-examples", type=int, default=defaults.max_examples,
                    help="use at most this many corpus examples")
     p.add_argument("--held-out-fraction", type=float, default=defaults.held_out_fraction,

@@ -1,9 +1,11 @@
 """Offline distillation data: chat examples built from the docstrings of the running Python's standard library.
 
-Every machine that runs this code has a Python standard library, so the corpus needs no network and no files in the
-repository: each public function/class docstring of at least `min_chars` characters becomes one conversation
-(user: "Explain `module.name` ...", assistant: the docstring). It is English technical prose of a few hundred
-thousand words; it differs slightly between Python versions (3.11 on the CPU machines, 3.12 on the GPU host).
+Every machine that runs this code has a Python standard library (and torch/numpy, which this package depends on),
+so the corpus needs no network and no files in the repository: each public function/class docstring of at least
+`min_chars` characters becomes one conversation (user: "Explain `module.name` ...", assistant: the docstring).
+The standard library alone gives ~1,100 examples (~180K tokens of English technical prose); `packages=("numpy",
+"torch")` adds the docstrings of those installed packages. It differs slightly between Python/package versions
+(3.11 on the CPU machines, 3.12 on the GPU host).
 A fixed hash of the qualified name puts ~10% of the examples in the held-out split, so train and held-out never
 share a docstring. `--corpus FILE` (JSON lines with "prompt" and "response") replaces it with your own data.
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.util
 import json
 import os
 import sysconfig
@@ -32,12 +35,30 @@ class Example:
     response: str
 
 
-def stdlib_examples(min_chars: int = 300, max_chars: int = 3000, max_examples: int | None = None) -> list[Example]:
-    """One example per long-enough docstring of the standard library (sorted, deterministic); parsing stops after
-    `max_examples` (the whole library takes ~10-50 s to parse)."""
-    root = Path(sysconfig.get_paths()["stdlib"])
+def stdlib_examples(min_chars: int = 300, max_chars: int = 3000, max_examples: int | None = None,
+                    packages: tuple[str, ...] = ()) -> list[Example]:
+    """One example per long-enough docstring of the standard library, then of the installed `packages` (e.g.
+    "numpy", "torch": found without importing them), sorted and deterministic; parsing stops after `max_examples`
+    (the standard library alone takes ~10-50 s to parse)."""
+    roots = [(Path(sysconfig.get_paths()["stdlib"]), "")]
+    for name in packages:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise ValueError(f"package {name!r} is not installed: it cannot be part of the corpus")
+        location = Path(list(spec.submodule_search_locations)[0])
+        roots.append((location, name))
     examples: list[Example] = []
-    skip_dirs = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "__pycache__", "turtledemo"}
+    for root, package in roots:
+        examples += _docstring_examples(root, package, min_chars, max_chars)
+        if max_examples is not None and len(examples) >= max_examples:
+            return examples[:max_examples]
+    return examples
+
+
+def _docstring_examples(root: Path, package: str, min_chars: int, max_chars: int) -> list[Example]:
+    examples: list[Example] = []
+    skip_dirs = {"test", "tests", "testing", "idlelib", "lib2to3", "site-packages", "dist-packages", "__pycache__",
+                 "turtledemo"}
     for path in sorted(root.rglob("*.py")):
         if skip_dirs & set(path.relative_to(root).parts):
             continue
@@ -45,7 +66,8 @@ def stdlib_examples(min_chars: int = 300, max_chars: int = 3000, max_examples: i
             tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
         except (SyntaxError, ValueError):
             continue
-        module = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        module = ".".join(([package] if package else []) + list(path.relative_to(root).with_suffix("").parts))
+        module = module.removesuffix(".__init__")
         for node in ast.walk(tree):
             if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                 continue
@@ -58,8 +80,6 @@ def stdlib_examples(min_chars: int = 300, max_chars: int = 3000, max_examples: i
             key = f"{module}.{node.name}"
             prompt = f"Explain what the {kind} `{node.name}` of the Python module `{module}` does."
             examples.append(Example(key, prompt, doc))
-        if max_examples is not None and len(examples) >= max_examples:
-            return examples[:max_examples]
     return examples
 
 

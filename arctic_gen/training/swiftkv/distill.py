@@ -68,6 +68,8 @@ class DistillConfig:
     """HF hidden_states index (the stream entering that layer) for the MSE term; default: L - 1."""
     corpus: str | None = None
     """JSON lines with "prompt"/"response"; default: docstrings of the Python standard library (offline)."""
+    corpus_packages: tuple[str, ...] = ()
+    """Installed packages whose docstrings extend the default corpus (e.g. ("numpy", "torch"))."""
     max_examples: int | None = None
     """Use at most this many corpus examples (before the train/held-out split)."""
     held_out_fraction: float = 0.1
@@ -211,7 +213,7 @@ def distill(config: DistillConfig) -> DistillResult:
     tokenizer = AutoTokenizer.from_pretrained(config.model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     examples = (data_mod.jsonl_examples(config.corpus) if config.corpus
-                else data_mod.stdlib_examples(max_examples=config.max_examples))
+                else data_mod.stdlib_examples(max_examples=config.max_examples, packages=tuple(config.corpus_packages)))
     if config.max_examples is not None:
         examples = examples[: config.max_examples]
     train_ex, held_ex = data_mod.split(examples, config.held_out_fraction)
