@@ -105,6 +105,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict:
         from arctic_gen.training.speculator.train import TrainConfig, run_train
 
         summary = run_train(_config(TrainConfig, args), progress=not args.no_progress)
+        if not summary:  # ranks other than 0 under torchrun
+            return {}
         return {"stage": "train", **{k: v for k, v in summary.items() if k not in ("history", "config")}}
     if args.stage == "export":
         import torch

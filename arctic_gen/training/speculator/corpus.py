@@ -131,7 +131,9 @@ def _iter_stdlib_items(max_lines: int) -> Iterator[tuple[str, str, Any]]:
         doc = ast.get_docstring(tree)
         if doc and len(doc) > 120:
             yield "doc", doc[:1500], None
-        for node in ast.walk(tree):
+        top = list(tree.body)
+        nodes = top + [n for c in top if isinstance(c, ast.ClassDef) for n in c.body]  # functions and methods
+        for node in nodes:
             if isinstance(node, ast.ClassDef):
                 cdoc = ast.get_docstring(node)
                 if cdoc and len(cdoc) > 120:

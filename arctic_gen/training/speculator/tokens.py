@@ -100,31 +100,39 @@ def make_batch(seqs: Sequences, indices: list[int], max_len: int) -> Batch:
     return Batch(ids, mask, lengths)
 
 
+def epoch_plan(seqs: Sequences, tokens_per_batch: int, max_len: int, seed: int, epoch: int) -> list[list[int]]:
+    """One epoch's batches: every sequence once, shuffled, sequences of similar length batched together (little
+    padding; a batch holds at most `tokens_per_batch` padded tokens unless one sequence alone is longer), batches
+    in random order. The same (seed, epoch) gives the same plan on every rank."""
+    lengths = np.minimum(seqs.lengths, max_len)
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(seqs)))
+    rng.shuffle(order)
+    batches: list[list[int]] = []
+    pool = 64 * max(1, tokens_per_batch // max(1, int(lengths.mean()) if len(seqs) else 1))
+    for start in range(0, len(order), pool):
+        current: list[int] = []
+        width = 0
+        for i in sorted(order[start:start + pool], key=lambda j: lengths[j]):
+            new_width = max(width, int(lengths[i]))
+            if current and new_width * (len(current) + 1) > tokens_per_batch:
+                batches.append(current)
+                current, new_width = [], int(lengths[i])
+            current.append(i)
+            width = new_width
+        if current:
+            batches.append(current)
+    rng.shuffle(batches)
+    return batches
+
+
 def token_budget_batches(seqs: Sequences, tokens_per_batch: int, max_len: int, seed: int, rank: int = 0,
                          world_size: int = 1) -> Iterator[list[int]]:
-    """Endless stream of index lists, each about `tokens_per_batch` padded tokens: one shuffled epoch at a time,
-    sequences of similar length batched together (little padding), batches in random order, every rank taking
-    its own slice of the same epoch plan (same seed on every rank)."""
-    lengths = np.minimum(seqs.lengths, max_len)
+    """Endless stream of index lists, epoch after epoch of `epoch_plan`, each rank taking every world_size-th
+    batch (the remainder of an epoch that does not divide evenly is dropped so that ranks stay in step)."""
     epoch = 0
     while True:
-        rng = random.Random(seed * 1_000_003 + epoch)
-        order = list(range(len(seqs)))
-        rng.shuffle(order)
-        batches: list[list[int]] = []
-        pool = 64 * max(1, tokens_per_batch // max(1, int(lengths.mean())))
-        for start in range(0, len(order), pool):
-            chunk = sorted(order[start:start + pool], key=lambda i: lengths[i])
-            current: list[int] = []
-            for i in chunk:
-                width = max([int(lengths[j]) for j in current[-1:]] + [int(lengths[i])])
-                if current and width * (len(current) + 1) > tokens_per_batch:
-                    batches.append(current)
-                    current = []
-                current.append(i)
-            if current:
-                batches.append(current)
-        rng.shuffle(batches)
+        batches = epoch_plan(seqs, tokens_per_batch, max_len, seed, epoch)
         usable = len(batches) - len(batches) % world_size
         if usable == 0:
             raise ValueError(f"not enough training sequences for {world_size} ranks")

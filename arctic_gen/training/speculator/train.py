@@ -170,6 +170,11 @@ def _to_device(batch, device: torch.device, n: int) -> tuple[torch.Tensor, torch
     return ids, ids_ext, mask_ext
 
 
+def _autocast(device: torch.device) -> torch.autocast:
+    """A fresh bf16 autocast context on GPU (disabled on CPU: float32 there)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 def evaluate(spec: torch.nn.Module, base: torch.nn.Module, seqs: Sequences, device: torch.device, max_len: int,
              tokens_per_batch: int, limit: int = 0) -> dict:
     """Held-out draft acceptance (greedy chains, as served) of `spec` on `seqs`."""
@@ -181,7 +186,6 @@ def evaluate(spec: torch.nn.Module, base: torch.nn.Module, seqs: Sequences, devi
     was_training = spec.training
     spec.eval()
     start = 0
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     while start < count:
         width = min(int(seqs.lengths[order[start]]), max_len)
         rows = max(1, tokens_per_batch // max(width, 1))
@@ -191,7 +195,7 @@ def evaluate(spec: torch.nn.Module, base: torch.nn.Module, seqs: Sequences, devi
         ids = torch.from_numpy(batch.input_ids).to(device)
         mask = torch.from_numpy(batch.target_mask).to(device)
         lengths = torch.from_numpy(batch.lengths).to(device)
-        with autocast:
+        with _autocast(device):
             hidden = final_hidden_states(base, ids)
             totals += acceptance_counts(spec, hidden, ids, mask, lengths).cpu()
     spec.train(was_training)
@@ -253,7 +257,6 @@ def run_train(config: TrainConfig, progress: bool = True) -> dict:
     for _ in range(step):  # resume at the same place of the batch plan
         next(batches)
     n = spec_config.n_predict
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     start = time.monotonic()
     window = torch.zeros(n, 3, dtype=torch.float64, device=device)
     history: list[dict] = []
@@ -270,7 +273,7 @@ def run_train(config: TrainConfig, progress: bool = True) -> dict:
             group["lr"] = _lr(config, done)
         batch = make_batch(train, next(batches), config.max_len)
         ids, ids_ext, mask_ext = _to_device(batch, device, n)
-        with autocast:
+        with _autocast(device):
             hidden = final_hidden_states(base, ids)
             loss, stats = objective(hidden, ids_ext, mask_ext)
         optimizer.zero_grad(set_to_none=True)
