@@ -50,6 +50,8 @@ def main() -> int:
     parser.add_argument("--lstm-seconds", type=float, default=140.0)
     parser.add_argument("--mlp-seconds", type=float, default=80.0)
     parser.add_argument("--samples-per-prompt", type=int, default=6)
+    parser.add_argument("--temperature", type=float, default=0.6,
+                        help="sampling temperature of the training data (the held-out data is greedy)")
     parser.add_argument("--held-out-prompts", type=int, default=128)
     parser.add_argument("--tokens-per-batch", type=int, default=32768)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -66,7 +68,8 @@ def main() -> int:
     started = time.monotonic()
 
     data_args = ["data", "--model", args.model, "--out-dir", str(data_dir), "--samples-per-prompt",
-                 str(args.samples_per_prompt), "--held-out-prompts", str(args.held_out_prompts),
+                 str(args.samples_per_prompt), "--temperature", str(args.temperature), "--held-out-prompts",
+                 str(args.held_out_prompts),
                  "--max-seconds", str(args.data_seconds), "--no-progress"]
     train_common = ["--model", args.model, "--data-dir", str(data_dir), "--n-predict", str(args.n_predict),
                     "--width", str(args.width), "--lr", str(args.lr), "--no-progress", "--log-every", "50"]

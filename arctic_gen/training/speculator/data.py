@@ -97,9 +97,9 @@ def _generate(llm: Any, prompts: list[list[int]], n: int, temperature: float, to
     from vllm import SamplingParams
 
     if temperature == 0.0:
-        params = SamplingParams(n=n, temperature=0.0, max_tokens=max_tokens)
+        params = SamplingParams(n=n, temperature=0.0, max_tokens=max_tokens, detokenize=False)
     else:
-        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, detokenize=False)
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     sequences, prompt_lens = [], []
     for prompt, request in zip(prompts, outputs, strict=True):
