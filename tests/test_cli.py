@@ -31,6 +31,16 @@ def test_help_lists_subcommands() -> None:
         assert command in gen.stdout
     unknown = _run("-m", "arctic_gen.cli", "nope")
     assert unknown.returncode == 2 and "unknown command 'nope'" in unknown.stderr
+    # The dispatcher reaches a training command (its --help is the cheaper of the two to import) ...
+    result = _run("-m", "arctic_gen.cli", "train-speculator", "--help")
+    assert result.returncode == 0 and "arctic-gen train-speculator" in result.stdout, result.stderr[-2000:]
+    # ... and every command's module is where the dispatcher looks for it.
+    import importlib.util
+
+    from arctic_gen.cli import COMMANDS
+
+    for command in COMMANDS:
+        assert importlib.util.find_spec(command.module) is not None, command.module
 
 
 def test_every_embed_serve_option_has_help_default_and_env() -> None:
