@@ -244,3 +244,57 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     lines = no_server.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("arctic-embed batch: error: no embedding server at 127.0.0.1:")
     assert "Traceback" not in no_server.stderr
+
+
+SLOW_JOB = """
+import asyncio, sys
+import numpy as np
+from arctic_embed.batch import BatchConfig, Interrupted, run_batch
+from arctic_embed.batch.engine import ChunkEmbeddings
+
+class Slow:
+    model_name, dim = "slow", 4
+    def describe(self): return "slow fake"
+    async def start(self): pass
+    async def close(self): pass
+    async def embed(self, texts, options):
+        await asyncio.sleep(0.05)
+        x = np.ones((len(texts), 4), np.float32)
+        return ChunkEmbeddings(x.view(np.uint8), 4, "float32", np.full(len(texts), 3, np.int32), None)
+
+try:
+    print(run_batch(BatchConfig(input=sys.argv[1], output=sys.argv[2], text_field="body", id_field="key",
+                                chunk_rows=16, in_flight=2, progress=False), engine=Slow()).line(), flush=True)
+except Interrupted as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    src = write_jsonl(tmp_path / "in.jsonl", 2000)
+    script = tmp_path / "slow_job.py"
+    script.write_text(SLOW_JOB)
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(script), str(src), str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    manifest = out / "_manifest.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if manifest.is_file() and json.loads(manifest.read_text() or "{}").get("rows_done", 0) >= 160:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    done = json.loads(manifest.read_text())["rows_done"]
+    assert f"interrupted: {done:,} of 2,000 rows committed" in err and "run the same command again" in err
+    assert 160 <= done < 2000 and "Traceback" not in err
+    finished = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+    assert f"resumed at row {done:,}" in finished.stdout
+    ids = read_output(out).column("id").to_pylist()
+    assert ids == [f"k{i}" for i in range(2000)]

@@ -215,13 +215,17 @@ class BatchJob:
                     last = chunk.first_row + chunk.rows - 1
                     raise BatchError(f"rows {chunk.first_row:,}..{last:,}: {exc}") from None
                 tasks.remove(task)
-                await asyncio.to_thread(self._commit, writer, chunk, emb)
+                # The commit runs to its end even if the job is interrupted meanwhile (a thread cannot be
+                # cancelled): the interrupt path waits for it, so its message counts the rows truly committed.
+                committing[0] = asyncio.ensure_future(asyncio.to_thread(self._commit, writer, chunk, emb))
+                await asyncio.shield(committing[0])
                 if bar is not None:
                     elapsed = max(time.perf_counter() - started - self.startup_seconds, 1e-9)
                     rate = (int(self.manifest["tokens_done"]) - tokens_before) / elapsed
                     bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
                     bar.update(chunk.rows)
 
+        committing: list[asyncio.Future | None] = [None]
         producer = asyncio.create_task(produce())
         consumer = asyncio.create_task(consume())
         stop = asyncio.Event()
@@ -239,6 +243,9 @@ class BatchJob:
             while not consumer.done():
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 if stopper in done:
+                    consumer.cancel()
+                    if committing[0] is not None:
+                        await asyncio.gather(committing[0], return_exceptions=True)
                     raise Interrupted(f"interrupted: {int(self.manifest['rows_done']):,} of {total:,} rows "
                                       f"committed to {config.output}; run the same command again to resume")
                 for task in done:
