@@ -98,3 +98,13 @@ def test_generate_info_reports_the_parallel_layout(engine_args, tiny) -> None:
                       "world_size": 2, "shift_parallel": True, "shift_parallel_threshold": 16,
                       "steps": {"sp": 3, "tp": 40}}
     assert calls == ["arctic_parallel_stats"]
+
+
+def test_workers_with_an_sp_group_see_their_share_of_heads(engine_args, tiny, monkeypatch) -> None:
+    from arctic_gen.parallel import ulysses
+
+    config = _config(engine_args, tiny, ulysses_sequence_parallel_size=2)
+    model, parallel = config.model_config, config.parallel_config
+    assert (model.get_num_attention_heads(parallel), model.get_num_kv_heads(parallel)) == (4, 2)  # no SP group here
+    monkeypatch.setattr(ulysses, "_SP_GROUP", SimpleNamespace(world_size=2, rank_in_group=1))
+    assert (model.get_num_attention_heads(parallel), model.get_num_kv_heads(parallel)) == (2, 1)

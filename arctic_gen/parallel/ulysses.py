@@ -156,6 +156,10 @@ def sp_group() -> Any:
     return _SP_GROUP
 
 
+def sp_group_initialized() -> bool:
+    return _SP_GROUP is not None
+
+
 def sp_world() -> tuple[int, int]:
     """(SP size, this rank's SP rank)."""
     group = sp_group()

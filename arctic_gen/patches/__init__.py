@@ -7,8 +7,16 @@ from arctic_gen.patching import Patch
 
 def all_patches() -> list[Patch]:
     """Every patch of the plugin, in the order they are applied."""
-    from arctic_gen.patches import engine_args, gpu_model_runner
-    from arctic_gen.patches import attention, gpu_model_runner_forward, multiproc_executor, parallel_state, worker_base
+    from arctic_gen.patches import (
+        attention,
+        engine_args,
+        gpu_model_runner,
+        gpu_model_runner_forward,
+        model_config,
+        multiproc_executor,
+        parallel_state,
+        worker_base,
+    )
 
     return [*engine_args.PATCHES, *gpu_model_runner.PATCHES, *parallel_state.PATCHES, *multiproc_executor.PATCHES,
-            *attention.PATCHES, *gpu_model_runner_forward.PATCHES, *worker_base.PATCHES]
+            *attention.PATCHES, *gpu_model_runner_forward.PATCHES, *worker_base.PATCHES, *model_config.PATCHES]
