@@ -176,3 +176,29 @@ def test_vectors_equal_the_servers(job, jsonl, embed_server) -> None:
         theirs = client.embed([texts[i] for i in sample], batch_size=100)
     cos = (ours * theirs).sum(axis=1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
     assert cos.min() >= 0.9999, cos.min()
+
+
+def test_server_engine_int8_with_scales(jsonl, embed_server, tmp_path: Path) -> None:
+    """`--target` (the server engine): int8 vectors with their scales dequantize to the server's float32 ones."""
+    from arctic_embed.client import EmbedClient
+
+    _, texts = jsonl
+    sample = texts[:300]
+    src = tmp_path / "sample.csv"
+    with open(src, "w") as f:
+        f.write("n,body\n" + "".join(f"{i},{t}\n" for i, t in enumerate(sample)))
+    out = tmp_path / "int8"
+    result = subprocess.run([sys.executable, "-m", "arctic_embed", "batch", "--target", embed_server.target,
+                             "--input", str(src), "--text-field", "body", "--id-field", "n", "--output", str(out),
+                             "--dtype", "int8", "--request-batch-size", "64", "--no-progress"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"embedded 300 rows, {300 * TOKENS_PER_ROW:,} input tokens" in result.stdout
+    table = pq.read_table(out)
+    assert table.column("id").to_pylist() == list(range(300))
+    q = table.column("vector").combine_chunks().flatten().to_numpy().reshape(300, 384).astype(np.float32)
+    ours = q * table.column("scales").to_numpy()[:, None]
+    with EmbedClient(embed_server.target, timeout_s=120) as client:
+        theirs = client.embed(sample, batch_size=100)
+    cos = (ours * theirs).sum(axis=1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
+    assert cos.min() >= 0.999, cos.min()

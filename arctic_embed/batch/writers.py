@@ -179,18 +179,22 @@ class NpyWriter:
 
     @staticmethod
     def _join(parts: list[Path], out: Path) -> None:
-        heads = [np.load(p, mmap_mode="r") for p in parts]
-        total = sum(h.shape[0] for h in heads)
-        shape = (total, *heads[0].shape[1:]) if heads else (0,)
+        shapes, dtype = [], np.dtype(np.float32)
+        for path in parts:  # headers only (a memory map reads nothing else)
+            head = np.load(path, mmap_mode="r")
+            shapes.append(head.shape)
+            dtype = head.dtype
+            del head
+        total = sum(shape[0] for shape in shapes)
         tmp = out.with_name(f".{out.name}.tmp")
-        target = np.lib.format.open_memmap(tmp, mode="w+", dtype=heads[0].dtype if heads else np.float32,
-                                           shape=shape)
+        target = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype,
+                                           shape=(total, *shapes[0][1:]) if shapes else (0,))
         row = 0
-        for head in heads:
-            target[row:row + head.shape[0]] = head
-            row += head.shape[0]
+        for path, shape in zip(parts, shapes, strict=True):  # one part in memory at a time
+            target[row:row + shape[0]] = np.load(path)
+            row += shape[0]
         target.flush()
-        del target, heads
+        del target
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, out)
