@@ -58,13 +58,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--texts", type=int, default=64, help="sequences per batch (mixed and uniform)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     path = Path(args.model) if args.model else default_model_path()
     spec = read_model_spec(path)
-    batch = TextTokenizer(path, spec.max_input_tokens).encode(varied_texts(64, seed=1), TokenizeOptions())
-    uniform_ids = np.resize(batch.ids, 64 * 128).astype(np.int32)
-    uniform_lengths = np.full(64, 128, dtype=np.int64)
+    batch = TextTokenizer(path, spec.max_input_tokens).encode(varied_texts(args.texts, seed=1), TokenizeOptions())
+    uniform_ids = np.resize(batch.ids, args.texts * 128).astype(np.int32)
+    uniform_lengths = np.full(args.texts, 128, dtype=np.int64)
     engines = {"baseline": _baseline_class(args.baseline_rev)(), "current": TorchEncoderEngine()}
     for engine in engines.values():
         engine.load(spec, "cpu", "float32")
