@@ -8,7 +8,8 @@ Each ```python / ```bash block carries a directive on the line above it, `<!-- r
 - `skip REASON`: not run (a reason is required; the list of skipped blocks is checked below).
 A block without a directive fails the test. Blocks run in a scratch directory holding a `.venv` link to the venv
 running the tests (so `. .venv/bin/activate` works as from the repository root). The servers listen on free ports:
-`localhost:50050`, `localhost:8080` and `localhost:50051` in a block are pointed at them, and `$MODEL` is the tiny
+`localhost:50050`, `localhost:8080`, `localhost:50051` (and the generation server's metrics port 9400) in a block
+are pointed at them, and `$MODEL` is the tiny
 random Llama (the generation examples default to SmolLM2 from the Hub otherwise).
 """
 
@@ -81,6 +82,7 @@ class Ports:
     grpc: int = 0
     http: int = 0
     gen: int = 0
+    gen_metrics: int = 0
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +123,7 @@ def gen_server(ports, workdir, model_env):
 
     blocks = [b for b in BLOCKS if b.kind == "gen-serve"]
     assert len(blocks) == 1, "one README block starts arctic-gen serve"
-    ports.gen = free_port()
+    ports.gen, ports.gen_metrics = free_port(), free_port()
     log = workdir / "gen_server.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(["bash", "-ec", _localize(blocks[0].code, ports)], cwd=workdir, env=model_env,
@@ -153,6 +155,8 @@ def _localize(code: str, ports: Ports) -> str:
             code = code.replace(name, f"localhost:{port}")
     if ports.gen:
         code = code.replace("--port 50051", f"--port {ports.gen}")
+        code = code.replace("--metrics-port 9400", f"--metrics-port {ports.gen_metrics}")
+        code = code.replace("localhost:9400", f"localhost:{ports.gen_metrics}")
     return code
 
 
