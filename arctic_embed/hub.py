@@ -13,6 +13,8 @@ from pathlib import Path
 # What a serving process reads from a model repository (weights in safetensors, configs, tokenizer, modules).
 _ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.py", "*/*.json", "*/*.safetensors",
                    "*/*.txt"]
+# Fetched only when a repository has no safetensors weights (the loader reads pytorch_model.bin too).
+_BIN_PATTERNS = ["pytorch_model*.bin", "pytorch_model.bin.index.json", "*/pytorch_model*.bin"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
@@ -54,6 +56,9 @@ def _from_hub(repo_id: str, revision: str | None) -> Path:
     try:
         local = Path(snapshot_download(repo_id, revision=revision, allow_patterns=_ALLOW_PATTERNS,
                                        local_files_only=offline))
+        if not any(local.glob("*.safetensors")):  # an older repository: PyTorch pickles only
+            local = Path(snapshot_download(repo_id, revision=revision, allow_patterns=_BIN_PATTERNS,
+                                           local_files_only=offline))
     except LocalEntryNotFoundError:
         where = "HF_HUB_OFFLINE is set" if offline else "the Hub could not be reached"
         raise ModelNotFound(f"{repo_id}: not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {where}; "
