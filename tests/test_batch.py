@@ -84,7 +84,7 @@ def _run(jsonl_path: Path, out: Path, log: Path, kill_at: int | None) -> tuple[i
     with open(log, "ab") as err, open(log.with_suffix(".out"), "ab") as stdout:
         proc = subprocess.Popen(cmd, stdout=stdout, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         children: set[int] = set()
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + 1500
         while proc.poll() is None and time.monotonic() < deadline:
             rows = _rows_done(out / "_manifest.json")
             kids = _children(proc.pid)
@@ -96,6 +96,8 @@ def _run(jsonl_path: Path, out: Path, log: Path, kill_at: int | None) -> tuple[i
                 proc.send_signal(signal.SIGKILL)
                 break
             time.sleep(0.1)
+        if proc.poll() is None and kill_at is None:
+            proc.kill()  # past the deadline: do not leave it running
         rc = proc.wait(60)
     return rc, samples, sorted(children)
 
