@@ -44,9 +44,8 @@ class VllmPoolingEngine:
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
             torch.set_num_threads(threads)
         from vllm import AsyncEngineArgs, PoolingParams
-        from vllm.v1.engine.async_llm import AsyncLLM
-
         from vllm.config import PoolerConfig
+        from vllm.v1.engine.async_llm import AsyncLLM
 
         if spec.pooling not in VLLM_POOLING:
             raise ValueError(f"the vllm engine pools with {sorted(VLLM_POOLING)}, not {spec.pooling!r}")
