@@ -8,6 +8,8 @@ LayerNorms use the fused Triton kernel.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
@@ -18,6 +20,7 @@ from arctic_embed.models import NATIVE_MODEL_TYPES, EncoderModel, build_model
 from arctic_embed.models.attention import BUCKET_PADDING_SLACK, AttentionBatch, plan_buckets, to_device
 from arctic_embed.models.pooling import DenseHead, pool_packed, pool_padded
 
+log = logging.getLogger("arctic_embed.engines.torch")
 SUPPORTED_MODEL_TYPES = NATIVE_MODEL_TYPES
 DEFAULT_MAX_BATCH_TOKENS = 16384
 
@@ -43,6 +46,9 @@ class TorchEncoderEngine:
                              "use --engine vllm for this model")
         if threads > 0 and device == "cpu":
             torch.set_num_threads(threads)
+        if not spec.include_prompt:
+            log.warning("%s: the Pooling config excludes prompt tokens (include_prompt=false); this engine pools "
+                        "over every token, prompts included", spec.name)
         self._spec = spec
         self._device = torch.device(device)
         self._dtype = resolve_dtype(dtype, device)
