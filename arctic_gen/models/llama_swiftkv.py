@@ -283,14 +283,14 @@ class LlamaSwiftKVForCausalLM(nn.Module):
         layer_metadata = metadata.get(self._metadata_layer)
         if layer_metadata is None or layer_metadata.max_query_len <= self.rows_per_request:
             return None
-        starts_ends = layer_metadata.query_start_loc.to("cpu", torch.int64)
-        ends = starts_ends[1:]
-        starts = torch.maximum(starts_ends[:-1], ends - self.rows_per_request)
-        counts = (ends - starts).clamp_min(0)
-        total = int(counts.sum())
-        offsets = torch.arange(total) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-        rows = torch.repeat_interleave(starts, counts) + offsets
-        return rows.to(device, non_blocking=True)
+        # `rows_per_request` rows per request, computed on the device without a host sync: the last tokens of each
+        # query; a query shorter than that (or an empty padding request) repeats one of its neighbours' rows, which
+        # computes a row twice with identical results.
+        starts_ends = layer_metadata.query_start_loc.to(device=device, dtype=torch.int64)
+        starts, ends = starts_ends[:-1, None], starts_ends[1:, None]
+        offsets = torch.arange(-self.rows_per_request, 0, device=device, dtype=torch.int64)[None, :]
+        rows = torch.minimum(torch.maximum(ends + offsets, starts), (ends - 1).clamp_min(0))
+        return rows.flatten()
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         return self.logits_processor(self.lm_head, hidden_states)
