@@ -40,6 +40,14 @@ def _stage(args: list[str], log: Path, timeout_s: float) -> dict:
     return result
 
 
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
@@ -83,7 +91,7 @@ def main() -> int:
         train_common += ["--tokens-per-batch", "2048", "--max-steps", "12", "--device", "cpu",
                          "--export-dtype", "float32", "--log-every", "4"]
     else:
-        data_args += ["--prompts-per-shard", "1024", "--max-new-tokens", "256", "--max-prompt-tokens", "256",
+        data_args += ["--prompts-per-shard", "512", "--max-new-tokens", "256", "--max-prompt-tokens", "256",
                       "--dtype", "bfloat16", "--engine-arg", "enforce_eager=true", "--engine-arg",
                       "max_num_seqs=1024", "--engine-arg", "gpu_memory_utilization=0.85"]
         train_common += ["--tokens-per-batch", str(args.tokens_per_batch)]
@@ -92,13 +100,27 @@ def main() -> int:
     data = _stage(data_args, out_dir / "data.log", timeout_s=max(600.0, args.data_seconds * 3))
     print(f"[speculator_train_gpu] data: {json.dumps(data)}", flush=True)
 
-    rows = []
+    name = f"speculator_train_{datetime.date.today():%Y%m%d}{'_toy' if args.toy else ''}.json"
+    rows: list[dict] = []
+
+    def write_result() -> dict:
+        result = {"kind": "speculator_train", "date": datetime.date.today().isoformat(), "commit": _commit(),
+                  "data": data, "rows": rows, "total_s": round(time.monotonic() - started, 2), "toy": args.toy}
+        (results_dir / name).write_text(json.dumps(result, indent=2) + "\n")
+        return result
+
     for variant, method, seconds in (("lstm", "sum_lstm", args.lstm_seconds), ("mlp", "sum_rnn", args.mlp_seconds)):
         budget = [] if args.toy else ["--max-seconds", str(seconds)]
         print(f"[speculator_train_gpu] train {variant}...", flush=True)
-        summary = _stage(["train", *train_common, "--method", method, "--out-dir", str(out_dir / variant),
-                          "--tie-weights", "true", *budget], out_dir / f"train_{variant}.log",
-                         timeout_s=max(900.0, seconds * 3))
+        try:
+            summary = _stage(["train", *train_common, "--method", method, "--out-dir", str(out_dir / variant),
+                              "--tie-weights", "true", *budget], out_dir / f"train_{variant}.log",
+                             timeout_s=max(900.0, seconds * 3))
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:  # keep the other variant's figures
+            rows.append({"variant": variant, "method": method, "error": str(exc)[-2000:]})
+            print(f"[speculator_train_gpu] {variant} FAILED: {exc}", flush=True)
+            write_result()
+            continue
         held = summary["held_out"]
         history = json.loads((out_dir / variant / "train_summary.json").read_text())["history"]
         rows.append({
@@ -115,22 +137,23 @@ def main() -> int:
             "loss_curve": [(h["step"], h["loss"]) for h in history],
             "speculator_dir": summary["export_dir"], "model": args.model, "device": summary["device"],
         })
+        write_result()
         print(f"[speculator_train_gpu] {variant}: acceptance per head {held['per_head']} "
               f"(rate {held['acceptance_rate']}, mean accepted {held['mean_accepted_len']}), "
               f"{summary['train_tokens']} tokens in {summary['train_s']} s, loss {summary['first_loss']} -> "
               f"{summary['final_loss']}", flush=True)
 
-    result = {"kind": "speculator_train", "date": datetime.date.today().isoformat(), "data": data, "rows": rows,
-              "total_s": round(time.monotonic() - started, 2), "toy": args.toy}
-    name = f"speculator_train_{datetime.date.today():%Y%m%d}{'_toy' if args.toy else ''}.json"
-    (results_dir / name).write_text(json.dumps(result, indent=2) + "\n")
+    result = write_result()
     print(f"[speculator_train_gpu] wrote {results_dir / name}; total {result['total_s']} s", flush=True)
     for row in rows:
+        if "error" in row:
+            print(f"  {row['variant']:4s} FAILED (see {out_dir}/train_{row['variant']}.log)")
+            continue
         ok = min(row["draft_acceptance"]["per_head"]) >= 0.5
         print(f"  {row['variant']:4s} n_predict={row['n_predict']} per-head {row['draft_acceptance']['per_head']} "
               f"rate {row['draft_acceptance']['acceptance_rate']} -> {'>= 50% per head' if ok else 'below 50%'}; "
               f"checkpoint {row['speculator_dir']}")
-    return 0
+    return 1 if any("error" in row for row in rows) else 0
 
 
 if __name__ == "__main__":

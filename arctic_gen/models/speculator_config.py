@@ -120,8 +120,8 @@ class SpeculatorConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise bad(f"{name} must be a positive int, got {value!r}")
-        if self.tie_weights and self.n_predict < 2:
-            raise bad("tie_weights needs n_predict >= 2 (there is nothing to tie with one step)")
+        if self.tie_weights and self.n_predict < 2 and self.architecture == IBM_ARCH:
+            raise bad(f"{IBM_ARCH} with tie_weights needs n_predict >= 2 (IBM's loaders refuse it)")
         if len(set(self.emb_dim)) != 1 or len(set(self.proj_dim)) != 1:
             raise bad(f"the layers of emb_dim and proj_dim must have one width each (Arctic's layout applies each "
                       f"layer's norm before its linear), got emb_dim={_dims_str(self.emb_dim)} "
