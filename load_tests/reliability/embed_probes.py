@@ -156,8 +156,20 @@ def probe_tokenizer_kill() -> dict:
     return {"tokenizer_kill": out, "tokenizer_kill_failed": out["failed"]}
 
 
+def _embed_calls_seen(metrics_port: int) -> float:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30).read().decode()
+    return next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                 if line.startswith('arctic_embed_requests_total{rpc="Embed"}')), 0.0)
+
+
 def probe_sigterm(in_flight: int = 200) -> dict:
-    server = _server("sigterm", ["--tokenizer-workers", "2", "--drain-grace", "10"])
+    from arctic_embed.testing import free_port
+
+    metrics_port = free_port()
+    server = _server("sigterm", ["--tokenizer-workers", "2", "--drain-grace", "10", "--metrics-port",
+                                 str(metrics_port)])
     codes: dict[str, int] = {}
     after: dict[str, int] = {}
 
@@ -174,7 +186,9 @@ def probe_sigterm(in_flight: int = 200) -> dict:
                     return exc.code().name
 
             tasks = [asyncio.create_task(one(i)) for i in range(in_flight)]
-            await asyncio.sleep(1.5)  # all admitted (about 200K tokens queued: tens of seconds of CPU work)
+            # SIGTERM once every request reached the server's handler (about 200K tokens admitted: minutes of work)
+            while await asyncio.to_thread(_embed_calls_seen, metrics_port) < in_flight:
+                await asyncio.sleep(0.2)
             server.process.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.5)
             late = await one(-1)  # admission stopped at once
