@@ -168,7 +168,7 @@ def probe_sigterm(in_flight: int = 200) -> dict:
     from arctic_embed.testing import free_port
 
     metrics_port = free_port()
-    server = _server("sigterm", ["--tokenizer-workers", "2", "--drain-grace", "10", "--metrics-port",
+    server = _server("sigterm", ["--tokenizer-workers", "2", "--drain-grace", "120", "--metrics-port",
                                  str(metrics_port)])
     codes: dict[str, int] = {}
     after: dict[str, int] = {}
