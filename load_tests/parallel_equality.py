@@ -79,11 +79,12 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=48)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--max-model-len", type=int, default=1024)
     parser.add_argument("--cpu", action="store_true")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     args = parser.parse_args()
 
-    common = {"dtype": args.dtype, "max_model_len": 2048, "enforce_eager": True}
+    common = {"dtype": args.dtype, "max_model_len": args.max_model_len, "enforce_eager": True}
     env = dict(os.environ)
     if args.cpu:
         common["kv_cache_memory_bytes"] = 64 * 2**20
