@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 
 from arctic_gen.models.llama_swiftkv_config import SwiftKVConfigError
@@ -83,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DistillError, SwiftKVConfigError) as exc:
         print(f"arctic-gen distill-swiftkv: {exc}", file=sys.stderr)
         return 2
-    summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "losses"}
-    print(json.dumps(summary), flush=True)
+    if int(os.environ.get("RANK", "0")) == 0:  # torchrun: one summary line
+        summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "losses"}
+        print(json.dumps(summary), flush=True)
     return 0
 
 
