@@ -102,6 +102,16 @@ class HeadLayout:
                 q_valid.append(tuple(s < group for s in slots))
         return cls(num_heads, num_kv_heads, tuple(q_heads), tuple(q_valid), tuple(kv_heads))
 
+    def rank_indices(self, rank: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query heads, KV heads) of SP rank `rank`, on `device`."""
+        key = (rank, device)
+        cached = self._index_cache.get(key)
+        if cached is None:
+            cached = (torch.tensor(self.q_heads[rank], dtype=torch.long, device=device),
+                      torch.tensor(self.kv_heads[rank], dtype=torch.long, device=device))
+            self._index_cache[key] = cached
+        return cached  # type: ignore[return-value]
+
     def indices(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(all ranks' q heads, all ranks' KV heads, positions of valid slots, the heads they hold), on `device`."""
         cached = self._index_cache.get(device)
@@ -244,9 +254,7 @@ def replicated_attention(attend: Any, layout: HeadLayout, rank: int, query: torc
                          value: torch.Tensor, head_size: int, head_size_v: int) -> torch.Tensor:
     """Every rank holds every token: attend over this rank's heads, all-gather the heads."""
     rows = query.shape[0]
-    device = query.device
-    q_idx = torch.tensor(layout.q_heads[rank], dtype=torch.long, device=device)
-    kv_idx = torch.tensor(layout.kv_heads[rank], dtype=torch.long, device=device)
+    q_idx, kv_idx = layout.rank_indices(rank, query.device)
     q = query.view(rows, layout.num_heads, head_size).index_select(1, q_idx)
     k = key.view(rows, layout.num_kv_heads, head_size).index_select(1, kv_idx)
     v = value.view(rows, layout.num_kv_heads, head_size_v).index_select(1, kv_idx)
