@@ -251,7 +251,8 @@ def probe_large(n_texts: int = 600, chars: int = 100_000) -> dict:
     p50, p99 = probes.percentile(latencies, 50), probes.percentile(latencies, 99)
     print(f"large: {n_texts} x {chars} chars ({status}); {len(latencies)} small requests meanwhile p50 {p50:.0f} ms "
           f"p99 {p99:.0f} ms; after a 3 s deadline the workers went idle in {stop_ms} ms; worker RSS {rss}")
-    return {"small_p50_during_large_ms": round(p50, 1), "small_p99_during_large_ms": round(p99, 1),
+    return {"large_request": f"{n_texts} x {chars} characters", "small_p50_during_large_ms": round(p50, 1),
+            "small_p99_during_large_ms": round(p99, 1),
             "small_requests_during_large": len(latencies), "large_status": status,
             "deadline_work_stop_ms": None if stop_ms is None else round(max(stop_ms, 0.0)),
             "worker_rss_after_large_mib": {str(k): round(v) for k, v in rss.items()}}
@@ -325,10 +326,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", choices=[*PROBES, "soak"], default=list(PROBES))
     parser.add_argument("--soak-minutes", type=float, default=30.0)
+    parser.add_argument("--large-texts", type=int, default=600, help="inputs of the maximum-size request (100K "
+                        "characters each)")
     args = parser.parse_args()
     for name in args.only:
         started = time.monotonic()
-        figures = probe_soak(args.soak_minutes) if name == "soak" else PROBES[name]()
+        if name == "soak":
+            figures = probe_soak(args.soak_minutes)
+        elif name == "large":
+            figures = probe_large(args.large_texts)
+        else:
+            figures = PROBES[name]()
         path = record("embed", figures)
         print(f"  [{name}: {time.monotonic() - started:.0f}s] -> {path}", flush=True)
     _ = threading  # (threads are used by the probes through asyncio.to_thread)
