@@ -63,6 +63,8 @@ def main() -> int:
     parser.add_argument("--held-out-prompts", type=int, default=128)
     parser.add_argument("--tokens-per-batch", type=int, default=32768)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--engine-arg", action="append", default=[],
+                        help="extra vllm.LLM argument of the data stage, KEY=VALUE (e.g. enforce_eager=false)")
     parser.add_argument("--toy", action="store_true", help="CPU toy size (float32, a few prompts and steps)")
     args = parser.parse_args()
 
@@ -96,6 +98,8 @@ def main() -> int:
                       "max_num_seqs=1024", "--engine-arg", "gpu_memory_utilization=0.85"]
         train_common += ["--tokens-per-batch", str(args.tokens_per_batch)]
 
+    for extra in args.engine_arg:  # last one wins in the stage's parser
+        data_args += ["--engine-arg", extra]
     print(f"[speculator_train_gpu] data stage (budget {args.data_seconds:.0f} s)...", flush=True)
     data = _stage(data_args, out_dir / "data.log", timeout_s=max(600.0, args.data_seconds * 3))
     print(f"[speculator_train_gpu] data: {json.dumps(data)}", flush=True)
