@@ -99,27 +99,27 @@ int32_t int_at(PyObject* seq, Py_ssize_t i) {
   return static_cast<int32_t>(v);
 }
 
-// Draft token ids as a Python list, and the score.
-nb::list drafts_list(const std::vector<std::vector<int32_t>>& drafts) {
+// A list of Python lists, one per vector; `make` turns one element into a new Python object.
+template <class T, class Make>
+nb::list nested_list(const std::vector<std::vector<T>>& rows, Make make) {
   nb::list out;
-  for (const auto& d : drafts) {
+  for (const auto& d : rows) {
     PyObject* l = PyList_New(static_cast<Py_ssize_t>(d.size()));
     if (!l) throw nb::python_error();
-    for (size_t j = 0; j < d.size(); ++j) PyList_SET_ITEM(l, static_cast<Py_ssize_t>(j), PyLong_FromLong(d[j]));
+    for (size_t j = 0; j < d.size(); ++j) PyList_SET_ITEM(l, static_cast<Py_ssize_t>(j), make(d[j]));
     out.append(nb::steal(l));
   }
   return out;
 }
 
+// Draft token ids as Python lists of ints.
+nb::list drafts_list(const std::vector<std::vector<int32_t>>& drafts) {
+  return nested_list(drafts, [](int32_t t) { return PyLong_FromLong(t); });
+}
+
+// Draft token probabilities as Python lists of floats.
 nb::list probs_list(const std::vector<std::vector<float>>& probs) {
-  nb::list out;
-  for (const auto& d : probs) {
-    PyObject* l = PyList_New(static_cast<Py_ssize_t>(d.size()));
-    if (!l) throw nb::python_error();
-    for (size_t j = 0; j < d.size(); ++j) PyList_SET_ITEM(l, static_cast<Py_ssize_t>(j), PyFloat_FromDouble(d[j]));
-    out.append(nb::steal(l));
-  }
-  return out;
+  return nested_list(probs, [](float p) { return PyFloat_FromDouble(p); });
 }
 
 }  // namespace
