@@ -54,15 +54,17 @@ def main() -> int:
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--n-predict", type=int, default=3)
     parser.add_argument("--width", type=int, default=0, help="0: the base model's hidden size")
-    parser.add_argument("--data-seconds", type=float, default=140.0)
-    parser.add_argument("--lstm-seconds", type=float, default=140.0)
-    parser.add_argument("--mlp-seconds", type=float, default=80.0)
+    parser.add_argument("--data-seconds", type=float, default=90.0,
+                        help="generation budget of the data stage (vLLM's start-up not counted)")
+    parser.add_argument("--lstm-seconds", type=float, default=130.0)
+    parser.add_argument("--mlp-seconds", type=float, default=60.0)
     parser.add_argument("--samples-per-prompt", type=int, default=6)
     parser.add_argument("--temperature", type=float, default=0.6,
                         help="sampling temperature of the training data (the held-out data is greedy)")
     parser.add_argument("--held-out-prompts", type=int, default=128)
     parser.add_argument("--tokens-per-batch", type=int, default=32768)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--variants", default="lstm,mlp", help="comma-separated: lstm, mlp")
     parser.add_argument("--engine-arg", action="append", default=[],
                         help="extra vllm.LLM argument of the data stage, KEY=VALUE (e.g. enforce_eager=false)")
     parser.add_argument("--toy", action="store_true", help="CPU toy size (float32, a few prompts and steps)")
@@ -70,6 +72,7 @@ def main() -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")  # no sampler JIT build inside the data budget
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results_dir = Path(os.environ.get("OUT", out_dir))
@@ -78,9 +81,9 @@ def main() -> int:
     started = time.monotonic()
 
     data_args = ["data", "--model", args.model, "--out-dir", str(data_dir), "--samples-per-prompt",
-                 str(args.samples_per_prompt), "--temperature", str(args.temperature), "--held-out-prompts",
-                 str(args.held_out_prompts),
-                 "--max-seconds", str(args.data_seconds), "--no-progress"]
+                 str(args.samples_per_prompt), "--temperature", str(args.temperature), "--top-p", "1.0",
+                 "--held-out-prompts", str(args.held_out_prompts), "--max-seconds", str(args.data_seconds),
+                 "--no-progress"]
     train_common = ["--model", args.model, "--data-dir", str(data_dir), "--n-predict", str(args.n_predict),
                     "--width", str(args.width), "--lr", str(args.lr), "--no-progress", "--log-every", "50"]
     if args.toy:
@@ -113,7 +116,8 @@ def main() -> int:
         (results_dir / name).write_text(json.dumps(result, indent=2) + "\n")
         return result
 
-    for variant, method, seconds in (("lstm", "sum_lstm", args.lstm_seconds), ("mlp", "sum_rnn", args.mlp_seconds)):
+    plan = [("lstm", "sum_lstm", args.lstm_seconds), ("mlp", "sum_rnn", args.mlp_seconds)]
+    for variant, method, seconds in [p for p in plan if p[0] in args.variants.split(",")]:
         budget = [] if args.toy else ["--max-seconds", str(seconds)]
         print(f"[speculator_train_gpu] train {variant}...", flush=True)
         try:
@@ -131,7 +135,8 @@ def main() -> int:
             "variant": variant, "method": method, "n_predict": summary["n_predict"], "width": summary["width"],
             "tie_weights": summary["tie_weights"], "train_tokens": summary["train_tokens"],
             "train_steps": summary["steps"], "train_s": summary["train_s"], "stage_wall_s": summary["wall_s"],
-            "data_s": data["seconds"], "data_completion_tokens": summary["train_completion_tokens"],
+            "data_s": data["seconds"], "data_engine_start_s": data.get("engine_start_s"),
+            "data_generate_s": data.get("generate_s"), "data_completion_tokens": summary["train_completion_tokens"],
             "data_sequences": summary["train_sequences"],
             "draft_acceptance": {"per_head": held["per_head"], "mean": held["mean"],
                                  "acceptance_rate": held["acceptance_rate"],

@@ -172,20 +172,26 @@ def tiny_data(tmp_path_factory):
             "--samples-per-prompt", "2", "--max-new-tokens", "40", "--max-prompt-tokens", "64",
             "--prompts-per-shard", "32", "--held-out-prompts", "8", "--dtype", "float32", "--no-progress",
             "--engine-arg", "enforce_eager=true", "--engine-arg", f"kv_cache_memory_bytes={64 * 2**20}"]
-    run = [sys.executable, "-m", "arctic_gen.training.speculator.cli", *argv]
-    first = subprocess.run(run, capture_output=True, text=True, timeout=600, env=dict(os.environ))
-    assert first.returncode == 0, first.stderr[-3000:]
+    runs = []
+    for extra in (["--max-seconds", "0.000001"], []):  # a run stopped by its budget, then its resumption
+        run = [sys.executable, "-m", "arctic_gen.training.speculator.cli", *argv, *extra]
+        done = subprocess.run(run, capture_output=True, text=True, timeout=600, env=dict(os.environ))
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs.append(json.loads(done.stdout.splitlines()[-1]))
     capture = io.StringIO()
-    with contextlib.redirect_stdout(capture):  # the rerun has nothing to generate: no engine, in-process
+    with contextlib.redirect_stdout(capture):  # nothing left to generate: no engine, in-process
         assert main(argv) == 0
-    return {"model": model, "root": root, "data": root / "data", "first": json.loads(first.stdout.splitlines()[-1]),
+    return {"model": model, "root": root, "data": root / "data", "budget": runs[0], "first": runs[1],
             "again": json.loads(capture.getvalue().splitlines()[-1]), "data_argv": argv}
 
 
 @pytest.mark.vllm
 def test_data_stage_writes_resumable_shards(tiny_data):
-    first, again = tiny_data["first"], tiny_data["again"]
-    assert first["shards_written"] == first["shards_total"] >= 2 and first["completion_tokens"] > 1000
+    budget, first, again = tiny_data["budget"], tiny_data["first"], tiny_data["again"]
+    # over budget at once, the held-out shard and one training shard are still made (the train stage needs one)
+    assert budget["stopped_by_time"] and budget["shards_written"] == 2 and budget["shards_total"] >= 4
+    assert first["shards_done_before"] == 2 and first["shards_written"] == first["shards_total"] - 2
+    assert first["completion_tokens"] > 500 and not first["stopped_by_time"]
     assert again["shards_written"] == 0 and again["shards_done_before"] == first["shards_total"]
     train, held = read_split(tiny_data["data"], "train"), read_split(tiny_data["data"], "held_out")
     assert len(held) >= 1 and len(train) >= 100  # 2 samples per training prompt, 1 greedy per held-out prompt

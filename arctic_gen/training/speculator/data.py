@@ -46,7 +46,8 @@ class DataConfig:
     held_out_prompts: int = 64
     """Held-out prompts generated greedily for evaluation (0: none)."""
     max_seconds: float = 0.0
-    """Stop starting new training shards after this long (0: no limit); the held-out split is made first."""
+    """Generation budget: no new training shard starts after this many seconds of generation (engine start-up not
+    counted; 0: no limit). The held-out split comes first, and at least one training shard is always made."""
     seed: int = 0
     dtype: str = "auto"
     engine_args: dict[str, Any] = field(default_factory=dict)
@@ -124,17 +125,23 @@ def run_data(config: DataConfig, shard_rank: int = 0, num_shard_ranks: int = 1, 
     jobs += [("train", k, train[i:i + size]) for k, i in enumerate(range(0, len(train), size))
              if k % num_shard_ranks == shard_rank]
     todo = [job for job in jobs if not shard_path(config.out_dir, job[0], job[1]).exists()]
+    have_train = any(j[0] == "train" and shard_path(config.out_dir, "train", j[1]).exists() for j in jobs)
     summary = {"shards_total": len(jobs), "shards_done_before": len(jobs) - len(todo), "shards_written": 0,
-               "sequences": 0, "completion_tokens": 0, "stopped_by_time": False}
+               "sequences": 0, "completion_tokens": 0, "stopped_by_time": False, "engine_start_s": 0.0,
+               "generate_s": 0.0}
     if todo:
         from vllm import LLM
 
         engine = {"max_model_len": config.max_prompt_tokens + config.max_new_tokens, "seed": config.seed,
                   "dtype": config.dtype, **config.engine_args}
+        engine_start = time.monotonic()
         llm = LLM(model=config.model, **engine)
+        gen_start = time.monotonic()  # the budget counts generation only: engine start-up varies by minutes
+        summary["engine_start_s"] = round(gen_start - engine_start, 2)
         bar = tqdm(todo, desc=f"data[{shard_rank}]", disable=not progress, unit="shard")
         for split, index, prompts in bar:
-            if split == "train" and config.max_seconds and time.monotonic() - start > config.max_seconds:
+            over = config.max_seconds and time.monotonic() - gen_start > config.max_seconds
+            if split == "train" and over and have_train:  # never leave the train stage without a shard
                 summary["stopped_by_time"] = True
                 break
             if split == "held_out":
@@ -142,12 +149,14 @@ def run_data(config: DataConfig, shard_rank: int = 0, num_shard_ranks: int = 1, 
             else:
                 seqs = _generate(llm, prompts, config.samples_per_prompt, config.temperature, config.top_p,
                                  config.max_new_tokens)
+                have_train = True
             write_shard(shard_path(config.out_dir, split, index), seqs)
             summary["shards_written"] += 1
             summary["sequences"] += len(seqs)
             summary["completion_tokens"] += seqs.completion_tokens
             bar.set_postfix(tokens=summary["completion_tokens"],
-                            tok_s=int(summary["completion_tokens"] / (time.monotonic() - start)))
+                            tok_s=int(summary["completion_tokens"] / max(time.monotonic() - gen_start, 1e-6)))
+        summary["generate_s"] = round(time.monotonic() - gen_start, 2)
         del llm
     summary["seconds"] = round(time.monotonic() - start, 2)
     return summary
