@@ -10,8 +10,9 @@
 Each writes `$OUT/swiftkv_<yyyymmdd>.json` (a list of rows with the fields of load_tests/results/swiftkv_*.json;
 rows already in the file are kept) and prints a summary. Throughput method (both variants identical, each engine in
 its own subprocess, one after the other): prefill = N prompts of `--prompt-len` random token ids with max_tokens=1,
-tokens/s = N × prompt_len / wall time; decode = B prompts of 128 tokens run once with max_tokens=1 and once with
-max_tokens=1+T, decode tokens/s = B × T / (difference of the two wall times). Prefix caching is off (random prompts).
+tokens/s = N × prompt_len / wall time; decode = B prompts of `--decode-prompt-len` (8) tokens run once with max_tokens=1
+and once with max_tokens=1+T, decode tokens/s = B × T / (difference of the two wall times; short prompts keep the
+prefill, which SwiftKV also shortens, out of the difference). Prefix caching is off (random prompts).
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ def _engine_main(args: argparse.Namespace) -> None:
                       max_num_batched_tokens=1024)
     else:
         kwargs.update(dtype="bfloat16", gpu_memory_utilization=0.85)
+    if args.custom_ops:
+        kwargs["compilation_config"] = {"custom_ops": list(args.custom_ops)}
     started = time.perf_counter()
     llm = LLM(**kwargs)
     startup_s = time.perf_counter() - started
@@ -113,7 +116,7 @@ def _engine_main(args: argparse.Namespace) -> None:
     timed(prompts(4, 64), 4)  # warm-up
     prefill_batch = prompts(args.num_prompts, args.prompt_len)
     prefill_s = timed(prefill_batch, 1)
-    decode_batch = prompts(args.decode_batch, 128)
+    decode_batch = prompts(args.decode_batch, args.decode_prompt_len)
     base_s = timed(decode_batch, 1)
     full_s = timed(decode_batch, 1 + args.decode_tokens)
     result = {
@@ -128,7 +131,10 @@ def _run_engine(model: Path, args: argparse.Namespace, scratch: Path) -> dict:
     result = scratch / f"{model.name}.result.json"
     cmd = [sys.executable, __file__, "_engine", "--model", str(model), "--result", str(result),
            "--prompt-len", str(args.prompt_len), "--num-prompts", str(args.num_prompts),
-           "--decode-batch", str(args.decode_batch), "--decode-tokens", str(args.decode_tokens)]
+           "--decode-batch", str(args.decode_batch), "--decode-tokens", str(args.decode_tokens),
+           "--decode-prompt-len", str(args.decode_prompt_len)]
+    if args.custom_ops:
+        cmd += ["--custom-ops", *args.custom_ops]
     if args.toy:
         cmd.append("--toy")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO)])))
@@ -166,6 +172,7 @@ def bench(args: argparse.Namespace) -> int:
         "decode_ratio": round(swift["decode_tokens_per_s"] / plain["decode_tokens_per_s"], 3),
         "settings": {"prompt_len": args.prompt_len, "num_prompts": args.num_prompts,
                      "decode_batch": args.decode_batch, "decode_tokens": args.decode_tokens,
+                     "decode_prompt_len": args.decode_prompt_len, "custom_ops": args.custom_ops,
                      "dtype": dtype, "load_format": "dummy", "prefix_caching": False},
         "timings_s": {"plain": plain, "swiftkv": swift},
         "vllm": vllm.__version__, "device": _device_name(args.toy),
@@ -253,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--num-prompts", type=int, default=128, help="prefill requests (fills the batch many times)")
     b.add_argument("--decode-batch", type=int, default=128, help="concurrent requests in the decode measurement")
     b.add_argument("--decode-tokens", type=int, default=256, help="decode tokens per request")
+    b.add_argument("--decode-prompt-len", type=int, default=8,
+                   help="prompt length of the decode requests (short: the subtracted prefill stays negligible)")
+    b.add_argument("--custom-ops", nargs="*", default=[],
+                   help="vLLM compilation_config.custom_ops for BOTH variants, e.g. +rms_norm +silu_and_mul "
+                        "+rotary_embedding (SwiftKV's prompt path runs eager: fused kernels matter there)")
     b.add_argument("--toy", action="store_true", help="tiny model on the CPU (checks the script)")
     d = sub.add_parser("distill", help="distill SmolLM2 to K = L/2; agreement before/after",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -278,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--num-prompts", type=int, required=True)
     e.add_argument("--decode-batch", type=int, required=True)
     e.add_argument("--decode-tokens", type=int, required=True)
+    e.add_argument("--decode-prompt-len", type=int, required=True)
+    e.add_argument("--custom-ops", nargs="*", default=[])
     e.add_argument("--toy", action="store_true")
     args = p.parse_args(argv)
     if args.cmd == "bench":
