@@ -251,3 +251,29 @@ def test_lstm_speculator_trains_exports_evaluates_and_resumes(tiny_data, capsys)
     assert main([*argv, "--max-steps", "16"]) == 0  # resumes from train_state.pt at step 12
     resumed = json.loads((out / "train_summary.json").read_text())
     assert resumed["steps"] == 16 and resumed["history"][0]["step"] > 12
+
+
+@pytest.mark.vllm
+def test_trained_lstm_serves_in_vllm_with_method_arctic(tiny_data):
+    """The export of the LSTM test above loads in vLLM as method "arctic": greedy text equals no speculation and
+    its drafts are accepted (it was trained on this model's own continuations)."""
+    spec_dir = tiny_data["root"] / "train_sum_lstm" / "speculator"
+    if not (spec_dir / "config.json").exists():
+        pytest.skip("needs test_lstm_speculator_trains_exports_evaluates_and_resumes (same module) to run first")
+    from vllm import LLM, SamplingParams
+
+    words = "river token model stream draft cache tree code value list answer question write essay".split()
+    rng = np.random.default_rng(1)
+    prompts = [" ".join(rng.choice(words, size=9)) for _ in range(6)]
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    outputs, counters = {}, {}
+    for name, spec in [("plain", None), ("arctic", {"method": "arctic", "model": str(spec_dir),
+                                                    "num_speculative_tokens": 3, "adaptive_draft_length": False})]:
+        llm = LLM(model=str(tiny_data["model"]), dtype="float32", max_model_len=256, enforce_eager=True,
+                  kv_cache_memory_bytes=32 * 2**20, speculative_config=spec, disable_log_stats=False)
+        outputs[name] = [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params, use_tqdm=False)]
+        counters[name] = {m.name: m.value for m in llm.get_metrics() if hasattr(m, "value")}
+        del llm
+    assert outputs["arctic"] == outputs["plain"]
+    assert counters["arctic"]["vllm:spec_decode_num_draft_tokens"] > 0
+    assert counters["arctic"]["vllm:spec_decode_num_accepted_tokens"] > 0
