@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: $(STAMP) lint
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=25 tests
 
 serve: $(STAMP)
 	$(VENV)/bin/arctic-embed serve --host $(HOST) --port $(PORT) --http-port $(HTTP_PORT) \
