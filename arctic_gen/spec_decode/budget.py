@@ -58,13 +58,11 @@ class StepCostModel:
     sxy: float = 0.0
 
     def record(self, tokens: int, seconds: float) -> None:
-        for name in ("w", "sx", "sy", "sxx", "sxy"):
-            setattr(self, name, getattr(self, name) * _DECAY)
-        self.w += 1.0
-        self.sx += tokens
-        self.sy += seconds
-        self.sxx += tokens * tokens
-        self.sxy += tokens * seconds
+        self.w = self.w * _DECAY + 1.0
+        self.sx = self.sx * _DECAY + tokens
+        self.sy = self.sy * _DECAY + seconds
+        self.sxx = self.sxx * _DECAY + tokens * tokens
+        self.sxy = self.sxy * _DECAY + tokens * seconds
 
     @property
     def measured(self) -> bool:
