@@ -14,9 +14,11 @@ def all_patches() -> list[Patch]:
         gpu_model_runner_forward,
         model_config,
         multiproc_executor,
+        output_processor,
         parallel_state,
         worker_base,
     )
 
     return [*engine_args.PATCHES, *gpu_model_runner.PATCHES, *parallel_state.PATCHES, *multiproc_executor.PATCHES,
-            *attention.PATCHES, *gpu_model_runner_forward.PATCHES, *worker_base.PATCHES, *model_config.PATCHES]
+            *attention.PATCHES, *gpu_model_runner_forward.PATCHES, *worker_base.PATCHES, *model_config.PATCHES,
+            *output_processor.PATCHES]

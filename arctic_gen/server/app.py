@@ -50,10 +50,11 @@ class ServerConfig:
 class GenerateServer:
     """Owns the engine, the core and the gRPC server."""
 
-    def __init__(self, engine: Any, core: GenerationCore, config: ServerConfig) -> None:
+    def __init__(self, engine: Any, core: GenerationCore, config: ServerConfig, reuse_port: bool = False) -> None:
+        """`reuse_port`: bind with SO_REUSEPORT, for front ends sharing one port (`--api-server-count`)."""
         self.engine, self.core, self.config = engine, core, config
         self.health = health.aio.HealthServicer()
-        options = server_options(config.max_message_bytes, reuse_port=False)
+        options = server_options(config.max_message_bytes, reuse_port=reuse_port)
         interceptors: list[grpc.aio.ServerInterceptor] = [error_interceptor()]
         access = access_logger(config.access_log)
         if access is not None:
@@ -107,10 +108,15 @@ class GenerateServer:
 
 
 async def serve(engine_args: Any, config: ServerConfig) -> None:
-    """Run until SIGINT/SIGTERM."""
+    """One process: engine client and gRPC server. Runs until SIGINT/SIGTERM."""
     server = GenerateServer.from_engine_args(engine_args, config)
     await server.start()
     print(f"arctic-gen: serving {server.core.model_config.model} on {config.host}:{server.port}", flush=True)
+    await run_until_signal(server)
+
+
+async def run_until_signal(server: GenerateServer) -> None:
+    """Serve until SIGINT/SIGTERM, then drain and stop."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

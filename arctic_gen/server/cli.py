@@ -50,6 +50,10 @@ def build_serve_parser():
                        help="text, or one JSON object per line for every logger, vLLM's included (default: text)")
     group.add_argument("--access-log", action="store_true", default=d.access_log,
                        help="one log line per RPC: method, status, duration, peer (default: off)")
+    group.add_argument("--api-server-count", type=int, default=1,
+                       help="front-end processes on the one engine, sharing the port (SO_REUSEPORT), as vLLM's "
+                            "option of the same name: each does its streams' detokenization and gRPC work; raise it "
+                            "when one front-end process saturates a CPU core (default: 1)")
     AsyncEngineArgs.add_cli_args(serve)  # loads vLLM's general plugins first (ours adds its engine arguments)
     apply_env(serve, ENV_PREFIX)
     return serve
@@ -128,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     if config.max_concurrent_streams < 1:
         print("arctic-gen: --max-concurrent-streams must be >= 1", file=sys.stderr)
         return 2
+    if args.api_server_count < 1:
+        print("arctic-gen: --api-server-count must be >= 1", file=sys.stderr)
+        return 2
     engine_args = AsyncEngineArgs.from_cli_args(argparse.Namespace(**vars(args)))
     if engine_args.speculative_config and vars(args).get("per_request_spec_decode_metrics") == "none":
         # vLLM >= 0.32 can count drafts per request: the last message's speculation stats are then exact.
@@ -139,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if message:
         print(message, flush=True)
+    if args.api_server_count > 1:
+        from arctic_gen.server.front_ends import run_front_ends
+
+        return run_front_ends(engine_args, config, args.api_server_count, args.log_format, engine_args.model)
     uvloop.run(serve(engine_args, config))
     return 0
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from arctic_gen.server.errors import InvalidArgument, Overloaded, Unavailable
+from arctic_gen.server.step_tally import STEP_TALLY, StepCount
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +71,13 @@ class GenerateInput:
 class SpeculationStats:
     enabled: bool = False
     decode_steps: int = 0
+    """Engine steps that produced this request's tokens (counted per engine step, not per delta)."""
     draft_tokens: int = 0
+    """Draft tokens proposed for this request; 0 when this vLLM does not report them per request (see `exact`)."""
     accepted_tokens: int = 0
     mean_tokens_per_step: float = 0.0
     exact: bool = False
+    """True when `draft_tokens` is the engine's own per-request count (vLLM >= 0.32 with per-request metrics)."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,7 @@ class Final:
     total_ns: int
 
 
-@dataclass
+@dataclass(slots=True)
 class Delta:
     request_id: str
     token_ids: list[int]
@@ -167,8 +171,11 @@ def _vllm_error_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
 class GenerationCore:
     """Streams requests through one AsyncLLM, with admission control."""
 
-    def __init__(self, engine: Any, *, max_concurrent_streams: int = 256, stats: EngineStats | None = None) -> None:
+    def __init__(self, engine: Any, *, max_concurrent_streams: int = 256, stats: EngineStats | None = None,
+                 front_end: tuple[int, int] = (0, 1)) -> None:
+        """`front_end`: (this process's index, front-end processes on the engine) under `--api-server-count`."""
         self.engine = engine
+        self.front_end = front_end
         self.max_concurrent_streams = max_concurrent_streams
         self.stats = stats or EngineStats()
         self.model_config = engine.model_config
@@ -336,21 +343,24 @@ class GenerationCore:
         self._active.add(request_id)
         start = time.monotonic_ns()
         first_token_ns = 0
-        steps = completion_tokens = 0
+        deltas = completion_tokens = 0
+        steps = STEP_TALLY.watch(request_id)
+        want_logprobs = params.logprobs is not None
         stream = self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id)
         try:
             async for out in stream:
                 completion = out.outputs[0]
-                ids = list(completion.token_ids)
+                ids = completion.token_ids  # DELTA outputs: a fresh list per output
                 if ids:
-                    steps += 1
+                    deltas += 1
                     completion_tokens += len(ids)
                     if not first_token_ns:
                         first_token_ns = time.monotonic_ns()
-                delta = Delta(request_id, ids, completion.text, self._logprobs(completion, ids, params))
+                delta = Delta(request_id, ids, completion.text,
+                              self._logprobs(completion, ids, params) if want_logprobs else None)
                 if out.finished:
-                    delta.final = self._final(out, completion, len(prompt_ids), completion_tokens, steps, start,
-                                              first_token_ns)
+                    delta.final = self._final(out, completion, len(prompt_ids), completion_tokens, steps, deltas,
+                                              start, first_token_ns)
                 self._progress += 1
                 yield delta
         except (asyncio.CancelledError, GeneratorExit):
@@ -362,6 +372,7 @@ class GenerationCore:
             raise translated from exc
         finally:
             self._active.discard(request_id)
+            STEP_TALLY.forget(request_id)
             await stream.aclose()  # no-op when finished; otherwise vLLM aborts the request in the engine
 
     def _logprobs(self, completion: Any, ids: list[int], params: Any):
@@ -375,22 +386,25 @@ class GenerationCore:
             result.append(((int(token_id), float(sampled.logprob) if sampled else float("nan")), top))
         return result
 
-    def _final(self, out: Any, completion: Any, prompt_tokens: int, completion_tokens: int, steps: int,
-               start: int, first_token_ns: int) -> Final:
+    def _final(self, out: Any, completion: Any, prompt_tokens: int, completion_tokens: int, steps: StepCount,
+               deltas: int, start: int, first_token_ns: int) -> Final:
         from vllm.v1.metrics.stats import RequestStateStats
 
         now = time.monotonic_ns()
         spec = SpeculationStats(enabled=self.speculative)
-        if self.speculative and steps:
-            metrics = completion.spec_decode_metrics if self._per_request_spec else None
-            if metrics is not None:
-                summary = metrics.to_dict()
-                accepted = summary["num_accepted_draft_tokens"]
-                decode_steps = max(completion_tokens - accepted, 1)  # every step yields 1 + its accepted drafts
-                spec = SpeculationStats(True, decode_steps, summary["num_draft_tokens"], accepted,
-                                        completion_tokens / decode_steps, True)
+        if self.speculative and completion_tokens:
+            # Steps come from the engine's per-step outputs (STEP_TALLY): each step yields 1 + its accepted drafts.
+            # Without them (the output-processor patch not applied) the number of deltas is all there is, a lower
+            # bound since AsyncLLM merges deltas under load.
+            if steps.steps:
+                decode_steps, accepted = steps.steps, steps.tokens - steps.steps
             else:
-                spec = SpeculationStats(True, steps, 0, max(completion_tokens - steps, 0), completion_tokens / steps)
+                decode_steps = max(deltas, 1)
+                accepted = max(completion_tokens - decode_steps, 0)
+            metrics = completion.spec_decode_metrics if self._per_request_spec else None
+            drafts = metrics.to_dict()["num_draft_tokens"] if metrics is not None else 0
+            spec = SpeculationStats(True, decode_steps, drafts, accepted, completion_tokens / decode_steps,
+                                    metrics is not None)
         stop_reason = "" if completion.stop_reason is None else str(completion.stop_reason)
         queue_ns = 0
         if isinstance(out.metrics, RequestStateStats) and out.metrics.scheduled_ts and out.metrics.queued_ts:
@@ -431,6 +445,8 @@ class GenerationCore:
             "speculative_config": "" if spec is None else f"{spec.method} k={spec.num_speculative_tokens}",
             "max_concurrent_streams": self.max_concurrent_streams,
             "active_streams": self.active_streams,
+            "front_end_index": self.front_end[0],
+            "front_end_count": self.front_end[1],
             "engine_running": self.stats.running,
             "engine_waiting": self.stats.waiting,
             "engine_unfinished": self.engine.output_processor.get_num_unfinished_requests(),
