@@ -128,6 +128,15 @@ class ArcticSpeculativeConfig:
     adaptive_draft_length: bool = True
     """Trim each step's drafts to the length that maximizes expected tokens per second, from measured step costs
     and acceptance (`arctic_gen.spec_decode.budget`); False = verify every draft as proposed."""
+    uniform_drafts: bool = False
+    """Every drafting request of a step gets exactly num_speculative_tokens draft tokens (drafts shorter than that
+    are padded with further guesses, which the target verifies like any draft: greedy text is unchanged), and a
+    step drafts for all its requests or for none. vLLM replays full CUDA graphs only for such "uniform decode"
+    steps (query length 1 + num_speculative_tokens for every request); ragged drafts run piecewise graphs with
+    eager attention, or no graphs above the largest capture size. Choose num_speculative_tokens so that
+    max_num_seqs * (1 + num_speculative_tokens) <= compilation_config.max_cudagraph_capture_size (vLLM's default:
+    min(2 * max_num_seqs * (1 + num_speculative_tokens), 512)). With adaptive_draft_length the cost model decides
+    all-or-none per step instead of trimming each draft."""
     suffix_cache_max_depth: int = 64
     """Deepest suffix-tree path kept (a sliding window over each sequence), in tokens."""
     suffix_max_spec_factor: float = 1.0
@@ -152,6 +161,7 @@ class ArcticSpeculativeConfig:
         if self.hard_disable_by_batch_size is not None:
             _int("speculative_config.hard_disable_by_batch_size", self.hard_disable_by_batch_size, minimum=1)
         _bool("speculative_config.adaptive_draft_length", self.adaptive_draft_length)
+        _bool("speculative_config.uniform_drafts", self.uniform_drafts)
         _int("speculative_config.suffix_cache_max_depth", self.suffix_cache_max_depth, minimum=1)
         _float("speculative_config.suffix_max_spec_factor", self.suffix_max_spec_factor, low=0.0)
         _float("speculative_config.suffix_max_spec_offset", self.suffix_max_spec_offset)

@@ -18,10 +18,13 @@ from arctic_gen.suffix import SuffixCache
 WIDTH = 128
 
 
-def _vllm_config(k: int = 4, max_len: int = WIDTH, **spec) -> SimpleNamespace:
+def _vllm_config(k: int = 4, max_len: int = WIDTH, max_num_seqs: int = 8, largest_graph: int = 512,
+                 **spec) -> SimpleNamespace:
     arctic = {"parallel": {}, "speculative": {"method": "suffix", **spec}}
     return SimpleNamespace(speculative_config=SimpleNamespace(num_speculative_tokens=k),
-                           model_config=SimpleNamespace(max_model_len=max_len), additional_config={"arctic": arctic})
+                           model_config=SimpleNamespace(max_model_len=max_len), additional_config={"arctic": arctic},
+                           scheduler_config=SimpleNamespace(max_num_seqs=max_num_seqs),
+                           compilation_config=SimpleNamespace(max_cudagraph_capture_size=largest_graph))
 
 
 class Batch:
@@ -182,6 +185,68 @@ def test_hidden_rows_follow_verified_drafts() -> None:
     # a: rows 0..3 (3 drafts + 1), last accepted at 0 + 3 - 1; b: row 4, nothing sampled; c: rows 5..7, one sampled
     assert step.hidden_rows() == [2, -1, 5]
     assert batch.step(batch.sample({"a": [1], "b": [2], "c": [3]})).hidden_rows() == [0, 1, 2]
+
+
+# --- uniform drafts ----------------------------------------------------------------------------------------------
+
+
+def _draft_lengths(uniform: bool, k: int = 6) -> list[list[int]]:
+    """Draft lengths per step of a batch mixing a repetitive request, a random one and one in partial prefill."""
+    prop = SuffixProposer(_vllm_config(k=k, adaptive_draft_length=False, uniform_drafts=uniform))
+    rng = np.random.default_rng(3)
+    batch = Batch(3)
+    batch.add("loop", [1, 2, 3, 4, 5] * 4)
+    batch.add("noise", [int(t) for t in rng.integers(10, 60, size=20)])
+    batch.add("prefill", [7] * 5)
+    cycle = iter([1, 2, 3, 4, 5] * 20)
+    lengths = []
+    for _ in range(8):
+        sampled = batch.sample({"loop": [next(cycle)], "noise": [int(rng.integers(10, 60))]})  # "prefill": none
+        lengths.append([len(d) for d in prop.propose_step(batch.step(sampled))])
+    return lengths
+
+
+def test_uniform_drafts_give_every_drafting_request_exactly_k_tokens() -> None:
+    ragged = _draft_lengths(uniform=False)
+    assert any(n[1] < 6 for n in ragged) and all(n[2] == 0 for n in ragged)  # the noise request drafts little
+    assert _draft_lengths(uniform=True) == [[6, 6, 0]] * 8  # the row without a new sample cannot draft
+
+
+def test_uniform_drafts_keep_the_suffix_path_and_pad_it() -> None:
+    def drafts(uniform: bool) -> list[list[int]]:
+        prop = SuffixProposer(_vllm_config(k=8, adaptive_draft_length=False, uniform_drafts=uniform))
+        batch = Batch(1)
+        batch.add("r", [5, 6, 7, 8, 9])
+        return prop.propose_step(batch.step(batch.sample({"r": [5, 6]})))
+
+    assert drafts(uniform=False) == [[7, 8]]  # at most match length x suffix_max_spec_factor tokens
+    assert drafts(uniform=True) == [[7, 8, 9, 5, 6, 6, 6, 6]]  # the tree's whole path, then padding
+
+
+def test_uniform_budget_sends_all_drafts_or_none() -> None:
+    batch = Batch(2)
+    batch.add("x", [1, 2])
+    batch.add("y", [1, 2])
+    step = batch.step([[2], [2]])
+
+    def chosen(budget: DraftBudget, probs: list[float]) -> list[int]:
+        cands = [Candidate(0, "suffix", [1, 2, 3, 4], list(probs)), Candidate(1, "filler", [9, 9, 9, 9])]
+        return [len(c.token_ids) for c in budget.choose_uniform(cands, step)]
+
+    flat = _budget_after([(n, 0.01 + 1e-6 * n) for n in [1, 9, 17, 40, 3, 64] * 5])
+    assert chosen(flat, [0.9, 0.5, 0.2, 0.0]) == [4, 4]
+    steep = _budget_after([(n, 0.0005 + 0.001 * n) for n in [1, 9, 17, 40, 3, 64] * 5])
+    assert chosen(steep, [0.9, 0.5, 0.2, 0.0]) == [0, 0]
+    assert chosen(DraftBudget(enabled=False), [0.0] * 4) == [4, 4]
+
+
+def test_uniform_drafts_warn_when_a_full_batch_exceeds_the_largest_cuda_graph(caplog) -> None:
+    with caplog.at_level("WARNING", logger="arctic_gen.spec_decode.uniform"):
+        SuffixProposer(_vllm_config(k=7, max_num_seqs=64, largest_graph=512, uniform_drafts=True))
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="arctic_gen.spec_decode.uniform"):
+        SuffixProposer(_vllm_config(k=16, max_num_seqs=64, largest_graph=510, uniform_drafts=True))
+    assert "1088 tokens per step" in caplog.text and "more than 30 drafting requests" in caplog.text
 
 
 # --- the cost model ----------------------------------------------------------------------------------------------

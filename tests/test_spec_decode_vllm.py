@@ -45,10 +45,11 @@ def tiny():
             "mlp": str(random_speculator(model, "sum_rnn"))}
 
 
-@pytest.mark.parametrize("variant", ["suffix", "arctic-mlp", "arctic-lstm", "arctic-lstm+suffix"])
+@pytest.mark.parametrize("variant", ["suffix", "suffix-uniform", "arctic-mlp", "arctic-lstm", "arctic-lstm+suffix"])
 def test_greedy_text_is_identical_with_speculation(tiny, variant: str) -> None:
-    if variant == "suffix":
-        spec = {"method": "suffix", "num_speculative_tokens": 8, "adaptive_draft_length": False}
+    if variant.startswith("suffix"):
+        spec = {"method": "suffix", "num_speculative_tokens": 8, "adaptive_draft_length": False,
+                "uniform_drafts": variant == "suffix-uniform"}
     else:
         spec = {"method": "arctic", "model": tiny["lstm" if "lstm" in variant else "mlp"], "num_speculative_tokens": 3,
                 "enable_suffix_decoding": variant.endswith("+suffix"), "disable_by_batch_size": 64}
@@ -59,10 +60,12 @@ def test_greedy_text_is_identical_with_speculation(tiny, variant: str) -> None:
     drafter = llm.collective_rpc(lambda self: type(self.model_runner.drafter).__name__)
     del llm
     assert [list(o.outputs[0].token_ids) for o in outputs] == tiny["reference"]
-    assert drafter == ["SuffixProposer" if variant == "suffix" else "ArcticProposer"]
+    assert drafter == ["SuffixProposer" if variant.startswith("suffix") else "ArcticProposer"]
     assert counters["num_drafts"] > 0 and counters["num_draft_tokens"] > 0
-    if variant == "suffix":  # the prompts repeat themselves: the trees predict well
+    if variant.startswith("suffix"):  # the prompts repeat themselves: the trees predict well
         assert counters["num_accepted_tokens"] > 0
+    if variant == "suffix-uniform":  # every draft vLLM verified had all 8 tokens
+        assert counters["num_draft_tokens"] == 8 * counters["num_drafts"]
 
 
 def test_shared_template_requests_moving_rows_keep_their_own_cache_entries(tiny, monkeypatch) -> None:

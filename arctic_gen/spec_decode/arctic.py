@@ -6,7 +6,8 @@ last accepted position and the token just sampled there (one batched call on the
 `enable_suffix_decoding`, the suffix trees draft too, and the request takes the suffix draft when its score (expected
 accepted tokens) is at least the speculator's draft length, else the speculator's (Arctic's hybrid rule). The
 `DraftBudget` cost model then trims the drafts to what pays off at this batch size, and the batch-size rules
-(`disable_by_batch_size`, `hard_disable_by_batch_size`) decide which requests draft at all.
+(`disable_by_batch_size`, `hard_disable_by_batch_size`) decide which requests draft at all. With `uniform_drafts`
+every draft is padded to K tokens and the cost model decides all-or-none per step (`arctic_gen.spec_decode.uniform`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from arctic_gen.config import ArcticConfig, ArcticSpeculativeConfig, ConfigError
 from arctic_gen.spec_decode.budget import Candidate, DraftBudget
 from arctic_gen.spec_decode.step import DraftStep, RunnerProposer
 from arctic_gen.spec_decode.suffix import SuffixDrafter, drafting_limits
+from arctic_gen.spec_decode.uniform import uniform_candidates, warn_if_beyond_full_graphs
 
 
 class ArcticProposer(RunnerProposer):
@@ -35,6 +37,8 @@ class ArcticProposer(RunnerProposer):
         self.dtype: torch.dtype = vllm_config.model_config.dtype
         self.suffix = SuffixDrafter(spec) if spec.enable_suffix_decoding else None
         self.budget = DraftBudget(enabled=spec.adaptive_draft_length)
+        if spec.uniform_drafts:
+            warn_if_beyond_full_graphs(vllm_config, self.num_speculative_tokens)
         self.speculator: Any = None
         self.speculator_tokens = 0
 
@@ -68,7 +72,11 @@ class ArcticProposer(RunnerProposer):
         candidates = self._speculator_drafts(step, rows, limits)
         if self.suffix is not None:
             candidates = self._hybrid(step, rows, limits, candidates)
-        for cand in self.budget.choose([c for c in candidates if c is not None and c.token_ids], step):
+        if self.config.uniform_drafts:
+            chosen = self.budget.choose_uniform(uniform_candidates(step, rows, limits, candidates), step)
+        else:
+            chosen = self.budget.choose([c for c in candidates if c is not None and c.token_ids], step)
+        for cand in chosen:
             drafts[cand.row] = cand.token_ids
         return drafts
 

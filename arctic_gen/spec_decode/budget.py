@@ -12,6 +12,9 @@ for B decoding requests, T tokens scheduled so far and G expected accepted token
 (each request's tokens form a prefix, their probabilities never increase along the draft). With a flat step cost
 (small batches on a GPU) every plausible token is kept; in a compute-bound step only near-certain ones are.
 
+With `uniform_drafts` (`choose_uniform`) drafts are not trimmed: the step sends every (padded) draft or none,
+whichever the same cost model expects to give more tokens per second.
+
 Acceptance probabilities: suffix drafts carry the tree's own estimates (path frequencies), calibrated by the ratio
 of accepted to expected tokens measured on earlier suffix drafts; speculator drafts use the measured conditional
 acceptance of each draft position. Both estimates are updated every step from what vLLM accepted (the tokens sampled
@@ -140,6 +143,18 @@ class AcceptanceStats:
         return accepted / reached if reached > 0 else 0.0
 
 
+def _layout(candidates: list[Candidate]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """All draft tokens of a step as flat arrays: draft sizes, each token's candidate index and position in its
+    draft, and the drafter's own acceptance estimate (NaN where the drafter gives none)."""
+    sizes = np.fromiter((len(c.token_ids) for c in candidates), dtype=np.int64, count=len(candidates))
+    total = int(sizes.sum())
+    owner = np.repeat(np.arange(len(candidates)), sizes)
+    position = np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    own = np.fromiter(itertools.chain.from_iterable(c.probs if c.probs is not None else itertools.repeat(
+        np.nan, len(c.token_ids)) for c in candidates), dtype=np.float64, count=total)
+    return sizes, owner, position, own
+
+
 @dataclass(slots=True)
 class _Pending:
     source: str
@@ -206,25 +221,43 @@ class DraftBudget:
         Vectorized over all draft tokens of the step (a 64-request batch of 16-token drafts is 1,024 tokens)."""
         if not candidates:
             return candidates
-        sizes = np.fromiter((len(c.token_ids) for c in candidates), dtype=np.int64, count=len(candidates))
-        total = int(sizes.sum())
-        owner = np.repeat(np.arange(len(candidates)), sizes)
-        position = np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-        own = np.fromiter(itertools.chain.from_iterable(c.probs if c.probs is not None else itertools.repeat(
-            np.nan, len(c.token_ids)) for c in candidates), dtype=np.float64, count=total)  # the drafters' estimates
+        sizes, owner, position, own = _layout(candidates)
+        total = owner.size
         keep = sizes
         if self.enabled and total:
             keep = self._lengths(self._probabilities(candidates, own, owner, position), owner, position,
                                  decoding=len(step.req_ids), count=len(candidates))
             for cand, n in zip(candidates, keep.tolist(), strict=True):
                 del cand.token_ids[n:]
-        sent = position < keep[owner]
+        self._remember(candidates, step, own, owner, position < keep[owner])
+        return candidates
+
+    def choose_uniform(self, candidates: list[Candidate], step: DraftStep) -> list[Candidate]:
+        """All candidates kept whole, or all emptied (`uniform_drafts`): drafting wins when the step's expected
+        tokens per second with every draft, (B + G) / cost(B + N), is at least B / cost(B) without any (B decoding
+        requests, N draft tokens, G of them expected to be accepted); remembers what was sent."""
+        if not candidates:
+            return candidates
+        _, owner, position, own = _layout(candidates)
+        total = owner.size
+        if self.enabled and total:
+            decoding = len(step.req_ids)
+            gain = float(self._probabilities(candidates, own, owner, position).sum())
+            if (decoding + gain) * self.cost.predict(decoding) < decoding * self.cost.predict(decoding + total):
+                for cand in candidates:
+                    cand.token_ids.clear()
+                return candidates
+        self._remember(candidates, step, own, owner, np.ones(total, dtype=bool))
+        return candidates
+
+    def _remember(self, candidates: list[Candidate], step: DraftStep, own: np.ndarray, owner: np.ndarray,
+                  sent: np.ndarray) -> None:
+        """Note each sent draft's source and expected accepted tokens, for `observe` in the next step."""
         expected = np.bincount(owner, weights=np.where(sent & ~np.isnan(own), own, 0.0), minlength=len(candidates))
         for i, cand in enumerate(candidates):
             if cand.token_ids:
                 self._pending[step.req_ids[cand.row]] = _Pending(
                     cand.source, None if cand.probs is None else float(expected[i]))
-        return candidates
 
     def _probabilities(self, candidates: list[Candidate], own: np.ndarray, owner: np.ndarray,
                        position: np.ndarray) -> np.ndarray:

@@ -7,7 +7,8 @@ ever writes into another's entry. Per step there is one native call that appends
 that drafts for every drafting request, reading the contexts from the token table in place.
 
 `SuffixProposer` is the method itself: suffix drafts, trimmed per step by `DraftBudget` (the cost model) and the
-batch-size rules of `ArcticSpeculativeConfig`.
+batch-size rules of `ArcticSpeculativeConfig`, or with `uniform_drafts` padded to full length and sent for all
+requests of a step or none (`arctic_gen.spec_decode.uniform`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from arctic_gen.config import ArcticConfig, ArcticSpeculativeConfig
 from arctic_gen.spec_decode.budget import Candidate, DraftBudget
 from arctic_gen.spec_decode.step import DraftStep, RunnerProposer
+from arctic_gen.spec_decode.uniform import uniform_candidates, warn_if_beyond_full_graphs
 from arctic_gen.suffix import SuffixCache
 
 
@@ -48,16 +50,21 @@ class SuffixDrafter:
         if ids:
             cache.update_batch(ids, chunks)
 
-    def draft(self, step: DraftStep, rows: Sequence[int], limits: Sequence[int]) -> tuple[list[list[int]],
-                                                                                         list[list[float]]]:
-        """Suffix drafts (token ids and per-token path probabilities) for `rows`, each at most `limits[i]` long."""
+    def draft(self, step: DraftStep, rows: Sequence[int], limits: Sequence[int],
+              whole_paths: bool = False) -> tuple[list[list[int]], list[list[float]]]:
+        """Suffix drafts (token ids and per-token path probabilities) for `rows`, each at most `limits[i]` long.
+
+        `whole_paths`: follow the most likely path up to the limit, past suffix_min_token_prob and the match-length
+        rule (uniform drafts: a likelier guess than padding)."""
         if not rows:
             return [], []
         spec = self.config
+        factor, offset, min_prob = spec.suffix_max_spec_factor, spec.suffix_max_spec_offset, spec.suffix_min_token_prob
+        if whole_paths:
+            factor, offset, min_prob = 0.0, float(max(limits)), 0.0
         batch = self.cache.speculate_rows([step.req_ids[r] for r in rows], step.token_ids_cpu, rows,
-                                          [int(step.num_tokens_no_spec[r]) for r in rows], limits,
-                                          spec.suffix_max_spec_factor, spec.suffix_max_spec_offset,
-                                          spec.suffix_min_token_prob)
+                                          [int(step.num_tokens_no_spec[r]) for r in rows], limits, factor, offset,
+                                          min_prob)
         return batch.token_ids, batch.probs
 
     def close(self) -> None:
@@ -97,6 +104,8 @@ class SuffixProposer(RunnerProposer):
         self.num_speculative_tokens: int = vllm_config.speculative_config.num_speculative_tokens
         self.suffix = SuffixDrafter(spec)
         self.budget = DraftBudget(enabled=spec.adaptive_draft_length)
+        if spec.uniform_drafts:
+            warn_if_beyond_full_graphs(vllm_config, self.num_speculative_tokens)
 
     @property
     def cache(self) -> SuffixCache:
@@ -109,8 +118,13 @@ class SuffixProposer(RunnerProposer):
         rows, limits = drafting_limits(step, self.config, self.num_speculative_tokens)
         if not rows:
             return drafts
-        tokens, probs = self.suffix.draft(step, rows, limits)
+        uniform = self.config.uniform_drafts
+        tokens, probs = self.suffix.draft(step, rows, limits, whole_paths=uniform)
         candidates = [Candidate(row, "suffix", draft, p) for row, draft, p in zip(rows, tokens, probs, strict=True)]
-        for cand in self.budget.choose(candidates, step):
+        if uniform:
+            candidates = self.budget.choose_uniform(uniform_candidates(step, rows, limits, candidates), step)
+        else:
+            candidates = self.budget.choose(candidates, step)
+        for cand in candidates:
             drafts[cand.row] = cand.token_ids
         return drafts
