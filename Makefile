@@ -1,4 +1,5 @@
 # The two commands (README): `make serve` and `make test`. Each one sets up everything on a fresh machine.
+# `make test` leaves out the tests marked slow (long runs of checks CI already covers): load_tests/slow_tests.sh.
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 PIP       := $(PY) -m pip
@@ -32,7 +33,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: $(STAMP) lint
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=25 tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" --durations=25 tests
 
 serve: $(STAMP)
 	$(VENV)/bin/arctic-embed serve --host $(HOST) --port $(PORT) --http-port $(HTTP_PORT) \
