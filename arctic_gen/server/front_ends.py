@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 VLLM_026 = SpecifierSet(">=0.26,<0.27")
 VLLM_032 = SpecifierSet(">=0.32,<0.33")
+FRONT_END_TITLE = "arctic-gen-front-end"
+"""Process title of each front end (`ps` shows `arctic-gen-front-end-0`, ...)."""
 READY_TIMEOUT_S = 1800.0
 """How long the launcher waits for every front end to serve (engine load and compilation included)."""
 
@@ -81,12 +83,14 @@ def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
 
 def front_end_main(listen_address: str, sock: Any, spec: FrontEndSpec, client_config: dict[str, Any]) -> None:
     """Target of each front-end process (vLLM's APIServerProcessManager calls it with its own signature)."""
+    import setproctitle  # a vLLM dependency
     import uvloop
     import vllm.plugins
 
     from arctic_embed.logs import configure as configure_logging
 
     index = int(client_config.get("client_index", 0))
+    setproctitle.setproctitle(f"{FRONT_END_TITLE}-{index}")
     configure_logging("INFO", spec.log_format, role=f"arctic-gen-fe{index}")
     vllm.plugins.load_general_plugins()
     try:
