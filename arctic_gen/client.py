@@ -16,7 +16,7 @@ in the engine. Errors surface as `grpc.RpcError` / `grpc.aio.AioRpcError` with t
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,9 +87,12 @@ def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
 class GenerateClient:
     """Blocking client."""
 
-    def __init__(self, target: str, *, timeout: float | None = None, max_message_bytes: int = 16 * 2**20) -> None:
+    def __init__(self, target: str, *, timeout: float | None = None, max_message_bytes: int = 16 * 2**20,
+                 options: Sequence[tuple[str, Any]] = ()) -> None:
+        """`options`: extra gRPC channel arguments, e.g. ("grpc.use_local_subchannel_pool", 1) for a connection
+        of this client's own (several clients then spread over `--api-server-count` front ends)."""
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(target, options=_channel_options(max_message_bytes))
+        self.channel = grpc.insecure_channel(target, options=[*_channel_options(max_message_bytes), *options])
         self.stub = generate_pb2_grpc.GenerateServiceStub(self.channel)
 
     def stream(self, *, timeout: float | None = None, **kwargs: Any) -> Iterator[generate_pb2.GenerateResponse]:
@@ -124,9 +127,12 @@ class GenerateClient:
 class AsyncGenerateClient:
     """grpc.aio client; `stream` is an async iterator."""
 
-    def __init__(self, target: str, *, timeout: float | None = None, max_message_bytes: int = 16 * 2**20) -> None:
+    def __init__(self, target: str, *, timeout: float | None = None, max_message_bytes: int = 16 * 2**20,
+                 options: Sequence[tuple[str, Any]] = ()) -> None:
+        """`options`: extra gRPC channel arguments, e.g. ("grpc.use_local_subchannel_pool", 1) for a connection
+        of this client's own (several clients then spread over `--api-server-count` front ends)."""
         self.timeout = timeout
-        self.channel = grpc.aio.insecure_channel(target, options=_channel_options(max_message_bytes))
+        self.channel = grpc.aio.insecure_channel(target, options=[*_channel_options(max_message_bytes), *options])
         self.stub = generate_pb2_grpc.GenerateServiceStub(self.channel)
 
     async def stream(self, *, timeout: float | None = None,

@@ -1,16 +1,20 @@
 """Generation throughput and TTFT through our gRPC server and through vLLM's own OpenAI HTTP server, same model,
 same engine arguments, same run.
 
-    python load_tests/gen_bench.py [--model DIR] [--streams 1 16] [--max-tokens 128] [--requests-per-stream 3]
-                                   [--engine-args "--dtype bfloat16 ..."] [--out load_tests/results/gen_YYYYMMDD.json]
+    python load_tests/gen_bench.py [--model DIR] [--streams 1 16 64 256] [--max-tokens 256] [--rounds 2]
+        [--engine-args "--dtype bfloat16 ..."]          # given to both servers
+        [--grpc-args "--api-server-count 4"]             # to `arctic-gen serve` only
+        [--openai-args "..."]                            # to vLLM's OpenAI server only
+        [--client-procs 8] [--out load_tests/results/gen_YYYYMMDD.json]
 
 Both servers are started, warmed up, then measured one at a time in rounds that alternate their order (on a
-shared machine the load drifts; medians over rounds are reported). At each stream count S, S workers each send
-their requests one after another (streaming, greedy, ignore_eos, exactly max_tokens tokens each).
+shared machine the load drifts; medians over rounds are reported). At each stream count S, S streams each send
+their requests one after another (streaming, greedy, ignore_eos, exactly max_tokens tokens each), spread over
+`--client-procs` client processes so that the client is never what is measured.
 tokens/s = all output tokens / wall time of the level; TTFT = client send to the first message carrying a token.
 Default model: SmolLM2-135M-Instruct (arctic_gen.testing.smollm2).
-Rows with keys server, streams, tokens_per_s, ttft_p50_ms, model, commit (plus context) are appended to the JSON
-file, and one line per run to load_tests/results/README.md.
+Rows with keys server, streams, tokens_per_s, ttft_p50_ms, model, machine, commit (plus context) are appended to
+the JSON file, and one line per run to load_tests/results/README.md.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import asyncio
 import datetime
 import json
 import math
+import multiprocessing
 import os
 import platform
 import re
@@ -29,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -85,7 +91,10 @@ class Proc:
         self.handle.close()
 
 
-# --- one request per protocol: returns (output tokens, ttft seconds) --------------------------------------------
+# --- the load: client worker processes ----------------------------------------------------------------------------
+# One Python process cannot read tens of thousands of streamed messages per second (gRPC or SSE alike), and a
+# saturated client measures itself, not the server. So the streams of a level are spread over `--client-procs`
+# worker processes (each an asyncio loop with its own connections), started once and reused for every level.
 
 
 async def grpc_request(client, prompt: str, max_tokens: int) -> tuple[int, float]:
@@ -119,23 +128,127 @@ async def openai_request(session, url: str, model: str, prompt: str, max_tokens:
     return tokens, ttft
 
 
-async def drive(send, streams: int, requests_per_stream: int) -> dict:
-    ttfts: list[float] = []
-    total = 0
+@dataclass(frozen=True)
+class Task:
+    server: str            # "grpc" | "openai"
+    target: str
+    model: str
+    streams: list[int]     # global stream numbers this worker drives
+    requests_per_stream: int
+    max_tokens: int
+    start_at: float        # time.time() at which every worker starts
 
-    async def worker(w: int) -> None:
-        nonlocal total
-        for r in range(requests_per_stream):
-            tokens, ttft = await send(PROMPTS[(w + r) % len(PROMPTS)])
-            total += tokens
-            ttfts.append(ttft)
 
-    start = time.perf_counter()
-    await asyncio.gather(*(worker(w) for w in range(streams)))
-    wall = time.perf_counter() - start
-    return {"tokens_per_s": round(total / wall, 1), "ttft_p50_ms": round(statistics.median(ttfts) * 1e3, 1),
-            "ttft_p90_ms": round(sorted(ttfts)[max(math.ceil(0.9 * len(ttfts)) - 1, 0)] * 1e3, 1),
-            "output_tokens": total, "requests": len(ttfts), "wall_s": round(wall, 2)}
+class ClientWorker:
+    """Runs in a worker process: keeps its connections across tasks."""
+
+    def __init__(self, channels: int) -> None:
+        self.channels = channels
+        self.grpc_clients: dict[str, list] = {}
+        self.session = None
+
+    def _senders(self, task: Task):
+        from arctic_gen.client import AsyncGenerateClient
+
+        if task.server == "grpc":
+            if task.target not in self.grpc_clients:  # own TCP connections, so SO_REUSEPORT front ends share them
+                self.grpc_clients[task.target] = [
+                    AsyncGenerateClient(task.target, timeout=600, options=[("grpc.use_local_subchannel_pool", 1),
+                                                                           ("grpc.channel_id", i)])
+                    for i in range(self.channels)]
+            clients = self.grpc_clients[task.target]
+            return [lambda prompt, c=clients[i % len(clients)]: grpc_request(c, prompt, task.max_tokens)
+                    for i in range(len(task.streams))]
+        if self.session is None:
+            import aiohttp
+
+            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                                 timeout=aiohttp.ClientTimeout(total=600))
+        return [lambda prompt: openai_request(self.session, task.target, task.model, prompt, task.max_tokens)
+                for _ in task.streams]
+
+    async def run(self, task: Task) -> dict:
+        senders = self._senders(task)
+        ttfts: list[float] = []
+        total = 0
+
+        async def stream(w: int, send) -> None:
+            nonlocal total
+            for r in range(task.requests_per_stream):
+                tokens, ttft = await send(PROMPTS[(w + r) % len(PROMPTS)])
+                total += tokens
+                ttfts.append(ttft)
+
+        await asyncio.sleep(max(task.start_at - time.time(), 0.0))
+        await asyncio.gather(*(stream(w, send) for w, send in zip(task.streams, senders, strict=True)))
+        return {"tokens": total, "ttfts": ttfts, "end": time.time()}
+
+
+def _worker_main(tasks, results, channels: int) -> None:
+    import uvloop
+
+    worker = ClientWorker(channels)
+    loop = uvloop.new_event_loop()
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        try:
+            results.put(loop.run_until_complete(worker.run(task)))
+        except Exception as exc:  # reported to the coordinator, which fails the run
+            results.put({"error": f"{type(exc).__name__}: {exc}"})
+
+
+class ClientPool:
+    """`procs` worker processes; `level()` drives S streams spread over them and returns the level's figures."""
+
+    def __init__(self, procs: int, channels: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.tasks = [ctx.Queue() for _ in range(procs)]
+        self.results = ctx.Queue()
+        self.procs = [ctx.Process(target=_worker_main, args=(q, self.results, channels), daemon=True)
+                      for q in self.tasks]
+        for proc in self.procs:
+            proc.start()
+
+    def level(self, server: str, target: str, model: str, streams: int, requests_per_stream: int,
+              max_tokens: int) -> dict:
+        share = [list(range(i, streams, len(self.tasks))) for i in range(len(self.tasks))]
+        start_at = time.time() + 0.5
+        busy = [i for i, s in enumerate(share) if s]
+        for i in busy:
+            self.tasks[i].put(Task(server, target, model, share[i], requests_per_stream, max_tokens, start_at))
+        parts = [self.results.get(timeout=1800) for _ in busy]
+        errors = [p["error"] for p in parts if "error" in p]
+        if errors:
+            raise RuntimeError(f"{server}@{streams}: {errors[0]}")
+        ttfts = [t for p in parts for t in p["ttfts"]]
+        total = sum(p["tokens"] for p in parts)
+        wall = max(p["end"] for p in parts) - start_at
+        return {"tokens_per_s": round(total / wall, 1), "ttft_p50_ms": round(statistics.median(ttfts) * 1e3, 1),
+                "ttft_p90_ms": round(sorted(ttfts)[max(math.ceil(0.9 * len(ttfts)) - 1, 0)] * 1e3, 1),
+                "output_tokens": total, "requests": len(ttfts), "wall_s": round(wall, 2)}
+
+    def close(self) -> None:
+        for q in self.tasks:
+            q.put(None)
+        for proc in self.procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+
+
+def default_machine() -> str:
+    """"<host> (<cores> cores, <GPU name or CPU>)"."""
+    device = "CPU"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            device = f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return f"{platform.node()} ({os.cpu_count()} cores, {device})"
 
 
 def start_grpc(model: str, engine_args: list[str], logdir: Path) -> tuple[Proc, str]:
@@ -153,36 +266,24 @@ def start_openai(model: str, engine_args: list[str], logdir: Path) -> tuple[Proc
     return proc, f"http://127.0.0.1:{port}/v1/completions"
 
 
-async def measure(servers: dict[str, str], model: str, args) -> list[dict]:
+def measure(servers: dict[str, str], model: str, args) -> list[dict]:
     """Rounds of (stream level x server), the server order alternating per round; medians over rounds."""
-    import aiohttp
-
-    from arctic_gen.client import AsyncGenerateClient
-
-    senders = {}
-    grpc_client = AsyncGenerateClient(servers["grpc"], timeout=600) if "grpc" in servers else None
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) if "openai" in servers else None
-    if grpc_client is not None:
-        senders["grpc"] = lambda prompt: grpc_request(grpc_client, prompt, args.max_tokens)
-    if session is not None:
-        senders["openai"] = lambda prompt: openai_request(session, servers["openai"], model, prompt, args.max_tokens)
+    pool = ClientPool(args.client_procs, args.channels_per_proc)
     try:
-        for send in senders.values():  # warm-up: every batch shape the levels will see
+        for name, target in servers.items():  # warm-up: every batch shape the levels will see
             for streams in args.streams:
-                await drive(send, streams, 1)
+                pool.level(name, target, model, streams, 1, args.max_tokens)
         samples: dict[tuple[str, int], list[dict]] = {}
         for r in range(args.rounds):
             for streams in args.streams:
-                order = list(senders) if r % 2 == 0 else list(reversed(senders))
+                order = list(servers) if r % 2 == 0 else list(reversed(servers))
                 for name in order:
-                    result = await drive(senders[name], streams, args.requests_per_stream)
+                    result = pool.level(name, servers[name], model, streams, args.requests_per_stream,
+                                        args.max_tokens)
                     print(f"round {r} {name}@{streams}: {result}", flush=True)
                     samples.setdefault((name, streams), []).append(result)
     finally:
-        if grpc_client is not None:
-            await grpc_client.close()
-        if session is not None:
-            await session.close()
+        pool.close()
     rows = []
     for (name, streams), results in samples.items():
         rows.append({"server": name, "streams": streams,
@@ -201,13 +302,19 @@ def main() -> None:
     parser.add_argument("--model", help="model directory (default: SmolLM2-135M-Instruct from arctic_gen.testing)")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--client-procs", type=int, default=max(1, min(8, (os.cpu_count() or 2) // 2)),
+                        help="client processes the streams are spread over (default: half the cores, at most 8)")
+    parser.add_argument("--channels-per-proc", type=int, default=4,
+                        help="gRPC connections per client process (default: 4)")
     parser.add_argument("--requests-per-stream", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="measurements per (server, streams); medians reported")
     parser.add_argument("--engine-args", default="--dtype bfloat16 --max-model-len 1024 --kv-cache-memory-bytes "
                         f"{256 * 2**20} --enforce-eager", help="vLLM engine arguments given to both servers")
+    parser.add_argument("--grpc-args", default="", help="extra arguments for `arctic-gen serve` only")
+    parser.add_argument("--openai-args", default="", help="extra arguments for vLLM's OpenAI server only")
     parser.add_argument("--servers", nargs="+", default=["grpc", "openai"], choices=["grpc", "openai"])
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--machine", default=f"{platform.node()} ({os.cpu_count()} cores, CPU)")
+    parser.add_argument("--machine", help="machine description for the rows (default: host, cores, GPU)")
     parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args()
 
@@ -223,22 +330,28 @@ def main() -> None:
     import vllm
 
     commit = _commit()
+    args.machine = args.machine or default_machine()
+    server_args = {"grpc": engine_args + shlex.split(args.grpc_args),
+                   "openai": engine_args + shlex.split(args.openai_args)}
     procs, servers = [], {}
     try:
         for name in args.servers:  # both up at once; measured one at a time (an idle vLLM server costs no CPU)
-            proc, target = (start_grpc if name == "grpc" else start_openai)(model, engine_args, logdir)
+            proc, target = (start_grpc if name == "grpc" else start_openai)(model, server_args[name], logdir)
             procs.append(proc)
             servers[name] = target
-        results = asyncio.run(measure(servers, model, args))
+        results = measure(servers, model, args)
     finally:
         for proc in procs:
             proc.stop()
     rows = []
     for result in sorted(results, key=lambda x: (x["streams"], x["server"])):
+        result_server = result["server"]
         row = {"server": result.pop("server"), "streams": result.pop("streams"),
                "tokens_per_s": result.pop("tokens_per_s"), "ttft_p50_ms": result.pop("ttft_p50_ms"),
                "model": Path(model).name, "commit": commit, "max_tokens": args.max_tokens, "vllm": vllm.__version__,
-               "engine_args": args.engine_args, "machine": args.machine, **result}
+               "engine_args": args.engine_args, "machine": args.machine,
+               "server_args": args.grpc_args if result_server == "grpc" else args.openai_args,
+               "client_procs": args.client_procs, **result}
         print(json.dumps(row), flush=True)
         rows.append(row)
 
