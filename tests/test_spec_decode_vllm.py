@@ -45,16 +45,18 @@ def tiny():
             "mlp": str(random_speculator(model, "sum_rnn"))}
 
 
-@pytest.mark.parametrize("variant", ["suffix", "suffix-uniform", "arctic-mlp", "arctic-lstm", "arctic-lstm+suffix"])
+@pytest.mark.parametrize("variant", ["suffix", "suffix-uniform", "arctic-mlp", "arctic-lstm", "arctic-lstm+suffix",
+                                     "arctic-lstm+suffix-uniform"])
 def test_greedy_text_is_identical_with_speculation(tiny, variant: str) -> None:
+    uniform = variant.endswith("-uniform")
     if variant.startswith("suffix"):
         spec = {"method": "suffix", "num_speculative_tokens": 8, "adaptive_draft_length": False,
-                "uniform_drafts": variant == "suffix-uniform"}
+                "uniform_drafts": uniform}
     else:
         spec = {"method": "arctic", "model": tiny["lstm" if "lstm" in variant else "mlp"], "num_speculative_tokens": 3,
-                "enable_suffix_decoding": variant.endswith("+suffix"), "disable_by_batch_size": 64}
-        if variant == "arctic-mlp":
-            spec["adaptive_draft_length"] = False  # every speculator draft is verified: the strictest check
+                "enable_suffix_decoding": "+suffix" in variant, "disable_by_batch_size": 64, "uniform_drafts": uniform}
+        if variant == "arctic-mlp" or uniform:
+            spec["adaptive_draft_length"] = False  # every draft is verified: the strictest check
     llm, outputs = _run(tiny["model"], spec, PROMPTS)
     counters = _counters(llm)
     drafter = llm.collective_rpc(lambda self: type(self.model_runner.drafter).__name__)
@@ -64,8 +66,8 @@ def test_greedy_text_is_identical_with_speculation(tiny, variant: str) -> None:
     assert counters["num_drafts"] > 0 and counters["num_draft_tokens"] > 0
     if variant.startswith("suffix"):  # the prompts repeat themselves: the trees predict well
         assert counters["num_accepted_tokens"] > 0
-    if variant == "suffix-uniform":  # every draft vLLM verified had all 8 tokens
-        assert counters["num_draft_tokens"] == 8 * counters["num_drafts"]
+    if uniform:  # every draft vLLM verified had all num_speculative_tokens tokens
+        assert counters["num_draft_tokens"] == spec["num_speculative_tokens"] * counters["num_drafts"]
 
 
 def test_shared_template_requests_moving_rows_keep_their_own_cache_entries(tiny, monkeypatch) -> None:
