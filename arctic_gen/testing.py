@@ -103,7 +103,7 @@ def _corpus(n_lines: int = 4000, seed: int = 0) -> list[str]:
     return lines
 
 
-def _build_tiny_llama(out: Path, vocab_size: int, hidden: int, layers: int) -> None:
+def _build_tiny_llama(out: Path, vocab_size: int, hidden: int, layers: int, heads: int, kv_heads: int) -> None:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -125,7 +125,7 @@ def _build_tiny_llama(out: Path, vocab_size: int, hidden: int, layers: int) -> N
 
     config = LlamaConfig(
         vocab_size=tok.get_vocab_size(), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, max_position_embeddings=1024,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=hidden // heads, max_position_embeddings=1024,
         bos_token_id=bos, eos_token_id=tok.token_to_id("<|im_end|>"), pad_token_id=tok.token_to_id("<|pad|>"),
         tie_word_embeddings=False, rms_norm_eps=1e-5, rope_theta=10000.0,
     )
@@ -137,10 +137,13 @@ def _build_tiny_llama(out: Path, vocab_size: int, hidden: int, layers: int) -> N
     model.save_pretrained(out, safe_serialization=True)
 
 
-def tiny_llama(vocab_size: int = 1024, hidden: int = 128, layers: int = 2) -> Path:
-    """Directory of the tiny random Llama (float32 safetensors, BPE tokenizer, ChatML chat template)."""
+def tiny_llama(vocab_size: int = 1024, hidden: int = 128, layers: int = 2, heads: int = 4, kv_heads: int = 2) -> Path:
+    """Directory of the tiny random Llama (float32 safetensors, BPE tokenizer, ChatML chat template); `heads` and
+    `kv_heads` other than 4 / 2 give e.g. an uneven split over two ranks (9 / 3, like SmolLM2)."""
     name = f"tiny-llama-v1-h{hidden}-l{layers}-v{vocab_size}"
-    return _build_once(name, lambda out: _build_tiny_llama(out, vocab_size, hidden, layers))
+    if (heads, kv_heads) != (4, 2):
+        name += f"-q{heads}-kv{kv_heads}"
+    return _build_once(name, lambda out: _build_tiny_llama(out, vocab_size, hidden, layers, heads, kv_heads))
 
 
 # --- SmolLM2-135M-Instruct -------------------------------------------------------------------------------------
