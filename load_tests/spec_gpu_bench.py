@@ -346,26 +346,27 @@ def main() -> None:
         print("ROWS " + json.dumps(run_method(args, args.one_method)), flush=True)
         return
     rows: list[dict] = []
+    failed: list[dict] = []
+    commit = _commit()
     for method in args.methods:  # one process per engine: GPU memory and vLLM's global state start clean
         cmd = [sys.executable, __file__, *sys.argv[1:], "--one-method", method]
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         found = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROWS ")]
-        if proc.returncode != 0 or not found:
+        if proc.returncode != 0 or not found:  # keep going: the other methods' rows still count
             print(proc.stdout[-3000:])
-            raise SystemExit(f"method {method} failed (exit {proc.returncode})")
-        rows.extend(json.loads(found[-1][5:]))
-    nospec = {r["concurrency"]: r["tokens_per_s"] for r in rows if r["method"] == "none"}
+            print(f"method {method} failed (exit {proc.returncode})", flush=True)
+            failed.append({"method": method, "error": f"exit {proc.returncode}", "tail": proc.stdout[-1500:]})
+        else:
+            rows.extend(json.loads(found[-1][5:]))
+        _finish(rows, commit, None, args.max_tokens)
+        Path(args.out).write_text(json.dumps(rows + failed, indent=1))  # after every method: a killed run keeps some
     device = "cpu"
-    if not args.cpu:
+    if not args.cpu:  # only now: a CUDA context in this process would hold GPU memory while the engines run
         import torch
 
         device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    commit = _commit()
-    for r in rows:
-        r["nospec_tokens_per_s"] = nospec.get(r["concurrency"])
-        r["speedup"] = round(r["tokens_per_s"] / r["nospec_tokens_per_s"], 3) if r["nospec_tokens_per_s"] else None
-        r["commit"], r["device"], r["max_tokens"] = commit, device, args.max_tokens
-    Path(args.out).write_text(json.dumps(rows, indent=1))
+    _finish(rows, commit, device, args.max_tokens)
+    Path(args.out).write_text(json.dumps(rows + failed, indent=1))
     print("method          conc  tok/s     x_nospec  acceptance  acc/draft  steps  step_ms  graphs")
     for r in rows:
         graphs = " ".join(f"{m}:{g['steps']}@{g['cycle_ms']}ms" for m, g in r.get("profile", {}).get("by_mode",
@@ -373,7 +374,16 @@ def main() -> None:
         print(f"{r['method']:15} {r['concurrency']:4}  {r['tokens_per_s']:8.1f}  {r['speedup'] or 0:8.3f}  "
               f"{r['draft_acceptance'] or 0:10.3f}  {r['mean_accepted_len'] or 0:9.2f}  {r['engine_steps'] or 0:5}  "
               f"{r['step_ms'] or 0:7.2f}  {graphs}")
+    if failed:
+        raise SystemExit(f"failed: {', '.join(f['method'] for f in failed)}")
 
+
+def _finish(rows: list[dict], commit: str, device: str | None, max_tokens: int) -> None:
+    nospec = {r["concurrency"]: r["tokens_per_s"] for r in rows if r["method"] == "none"}
+    for r in rows:
+        r["nospec_tokens_per_s"] = nospec.get(r["concurrency"])
+        r["speedup"] = round(r["tokens_per_s"] / r["nospec_tokens_per_s"], 3) if r["nospec_tokens_per_s"] else None
+        r["commit"], r["device"], r["max_tokens"] = commit, device, max_tokens
 
 if __name__ == "__main__":
     main()
