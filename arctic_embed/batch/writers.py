@@ -72,6 +72,20 @@ def chunk_table(ids: pa.Array, emb: ChunkEmbeddings, vector_format: str = "list"
     return table
 
 
+def drop_uncommitted_parts(root: Path, rows_done: int, counted_suffix: str) -> int:
+    """Remove `root`'s temp files (`.*.tmp`) and its `part-<first row>.*` files at or past `rows_done` (written after
+    the last manifest update); returns how many removed parts end with `counted_suffix`."""
+    dropped = 0
+    for path in root.iterdir():
+        name = path.name
+        if name.startswith(".") and name.endswith(".tmp"):
+            path.unlink()
+        elif name.startswith("part-") and int(name[5:].split(".", 1)[0]) >= rows_done:
+            path.unlink()
+            dropped += name.endswith(counted_suffix)
+    return dropped
+
+
 class ParquetWriter:
     """A directory of part files named by their first row, so the committed prefix is known from the manifest."""
 
@@ -97,15 +111,7 @@ class ParquetWriter:
 
     def drop_uncommitted(self, rows_done: int) -> int:
         """Remove temp files and parts at or past `rows_done` (written after the last manifest update)."""
-        dropped = 0
-        for path in self.root.iterdir():
-            name = path.name
-            if name.startswith(".") and name.endswith(".tmp"):
-                path.unlink()
-            elif name.startswith("part-") and int(name[5:].split(".", 1)[0]) >= rows_done:
-                path.unlink()
-                dropped += 1
-        return dropped
+        return drop_uncommitted_parts(self.root, rows_done, ".parquet")
 
     def write(self, first_row: int, ids: pa.Array, emb: ChunkEmbeddings) -> None:
         import pyarrow.parquet as pq
@@ -150,15 +156,8 @@ class NpyWriter:
         return self.root / f"part-{first_row:012d}.{kind}.npy"
 
     def drop_uncommitted(self, rows_done: int) -> int:
-        dropped = 0
-        for path in self.root.iterdir():
-            name = path.name
-            if name.startswith(".") and name.endswith(".tmp"):
-                path.unlink()
-            elif name.startswith("part-") and int(name[5:].split(".", 1)[0]) >= rows_done:
-                path.unlink()
-                dropped += name.endswith(".vectors.npy")
-        return dropped
+        """Remove temp files and parts at or past `rows_done`; counts vector parts (each has a scales part too)."""
+        return drop_uncommitted_parts(self.root, rows_done, ".vectors.npy")
 
     def write(self, first_row: int, ids: pa.Array, emb: ChunkEmbeddings) -> None:
         vectors = emb.data.view(NUMPY_TYPES[emb.dtype])
