@@ -159,6 +159,7 @@ def test_parallel_config_errors_name_the_field(kwargs, field) -> None:
     ({"method": "arctic", "enable_suffix_decoding": 1}, "speculative_config.enable_suffix_decoding"),
     ({"method": "arctic", "model": "/m", "num_speculative_tokens": 3, "disable_by_batch_size": 0},
      "speculative_config.disable_by_batch_size"),
+    ({"method": "suffix", "uniform_drafts": "yes"}, "speculative_config.uniform_drafts"),
     ({"method": "suffix", "bogus": 1}, "speculative_config.bogus"),
     ({"method": "suffix", "suffix_decoding_max_tree_depth": 8}, "speculative_config.suffix_decoding_max_tree_depth"),
 ])
