@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 
 
-@pytest.mark.vllm
-@pytest.mark.slow
+@pytest.mark.vllm  # in `make test`: CI's check that suffix speculation keeps greedy text (~17 s)
 def test_vllm_greedy_text_is_unchanged_and_drafts_are_accepted() -> None:
     pytest.importorskip("vllm")
     from arctic_gen.testing import cpu_vllm_env, tiny_llama
