@@ -224,3 +224,25 @@ def test_server_alive_after_bad_inputs_and_extras(client, server) -> None:
     assert "arctic.gen.v1.GenerateService" in names and "grpc.health.v1.Health" in names
     channel.close()
     assert server.alive()
+
+
+def test_a_client_that_falls_behind_gets_merged_deltas_and_every_token(server) -> None:
+    """A client that does not read (and whose HTTP/2 window is small) makes the server's writes wait; meanwhile the
+    engine's tokens merge into fewer, larger messages. The first token is never held back, none is lost."""
+    from arctic_gen.client import GenerateClient
+    from arctic_gen.testing import reference_generate, tiny_llama
+
+    tokens = 400
+    reference = reference_generate(tiny_llama(), [PROMPTS[1]], max_tokens=tokens)[0]
+    small_window = [("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)]
+    with GenerateClient(server.target, timeout=120, options=small_window) as slow:
+        stream = slow.stream(text=PROMPTS[1], max_tokens=tokens, temperature=0.0, ignore_eos=True)
+        first = next(stream)
+        assert first.token_ids  # sent as soon as it existed
+        # Stop reading until the engine is done with it (it keeps generating while the server's writes wait).
+        _wait_for(lambda: not slow.info().active_streams or slow.info().engine_unfinished == 0, timeout_s=120)
+        messages = [first, *stream]
+    ids = [t for m in messages for t in m.token_ids]
+    assert ids == reference["token_ids"] and "".join(m.text for m in messages) == reference["text"]
+    assert messages[-1].finish_reason == 2 and messages[-1].usage.completion_tokens == tokens
+    assert len(messages) < tokens / 2, len(messages)  # merged while the client was behind
