@@ -130,7 +130,7 @@ async def openai_request(session, url: str, model: str, prompt: str, max_tokens:
 
 @dataclass(frozen=True)
 class Task:
-    server: str            # "grpc" | "openai"
+    server: str            # "grpc", "grpc-<label>" | "openai"
     target: str
     model: str
     streams: list[int]     # global stream numbers this worker drives
@@ -150,7 +150,7 @@ class ClientWorker:
     def _senders(self, task: Task):
         from arctic_gen.client import AsyncGenerateClient
 
-        if task.server == "grpc":
+        if task.server.startswith("grpc"):
             if task.target not in self.grpc_clients:  # own TCP connections, so SO_REUSEPORT front ends share them
                 self.grpc_clients[task.target] = [
                     AsyncGenerateClient(task.target, timeout=600, options=[("grpc.use_local_subchannel_pool", 1),
@@ -251,10 +251,10 @@ def default_machine() -> str:
     return f"{platform.node()} ({os.cpu_count()} cores, {device})"
 
 
-def start_grpc(model: str, engine_args: list[str], logdir: Path) -> tuple[Proc, str]:
+def start_grpc(model: str, engine_args: list[str], logdir: Path, name: str = "grpc") -> tuple[Proc, str]:
     port = _free_port()
     proc = Proc([sys.executable, "-m", "arctic_gen.server.cli", "serve", "--model", model, "--host", "127.0.0.1",
-                 "--port", str(port), *engine_args], logdir / "grpc_server.log", r"arctic-gen: serving")
+                 "--port", str(port), *engine_args], logdir / f"{name}_server.log", r"arctic-gen: serving")
     return proc, f"127.0.0.1:{port}"
 
 
@@ -311,6 +311,9 @@ def main() -> None:
     parser.add_argument("--engine-args", default="--dtype bfloat16 --max-model-len 1024 --kv-cache-memory-bytes "
                         f"{256 * 2**20} --enforce-eager", help="vLLM engine arguments given to both servers")
     parser.add_argument("--grpc-args", default="", help="extra arguments for `arctic-gen serve` only")
+    parser.add_argument("--grpc-variant", nargs=2, action="append", default=[], metavar=("LABEL", "ARGS"),
+                        help="one more `arctic-gen serve` in the same run (server name grpc-LABEL), with "
+                             "--engine-args + ARGS (repeatable), e.g. --grpc-variant spec '--speculative-config ...'")
     parser.add_argument("--openai-args", default="", help="extra arguments for vLLM's OpenAI server only")
     parser.add_argument("--servers", nargs="+", default=["grpc", "openai"], choices=["grpc", "openai"])
     parser.add_argument("--out", type=Path)
@@ -331,12 +334,15 @@ def main() -> None:
 
     commit = _commit()
     args.machine = args.machine or default_machine()
-    server_args = {"grpc": engine_args + shlex.split(args.grpc_args),
-                   "openai": engine_args + shlex.split(args.openai_args)}
+    extra = {"grpc": args.grpc_args, "openai": args.openai_args,
+             **{f"grpc-{label}": variant for label, variant in args.grpc_variant}}
+    names = [*args.servers, *(f"grpc-{label}" for label, _ in args.grpc_variant)]
     procs, servers = [], {}
     try:
-        for name in args.servers:  # both up at once; measured one at a time (an idle vLLM server costs no CPU)
-            proc, target = (start_grpc if name == "grpc" else start_openai)(model, server_args[name], logdir)
+        for name in names:  # all up at once; measured one at a time (an idle vLLM server costs no CPU)
+            server_argv = engine_args + shlex.split(extra[name])
+            proc, target = (start_grpc(model, server_argv, logdir, name) if name.startswith("grpc")
+                            else start_openai(model, server_argv, logdir))
             procs.append(proc)
             servers[name] = target
         results = measure(servers, model, args)
@@ -350,7 +356,7 @@ def main() -> None:
                "tokens_per_s": result.pop("tokens_per_s"), "ttft_p50_ms": result.pop("ttft_p50_ms"),
                "model": Path(model).name, "commit": commit, "max_tokens": args.max_tokens, "vllm": vllm.__version__,
                "engine_args": args.engine_args, "machine": args.machine,
-               "server_args": args.grpc_args if result_server == "grpc" else args.openai_args,
+               "server_args": extra[result_server],
                "client_procs": args.client_procs, **result}
         print(json.dumps(row), flush=True)
         rows.append(row)

@@ -12,7 +12,8 @@
 #   spec     spec_gpu_bench.py: METHODS (default "none suffix") at 1/16/64 concurrent, 512 greedy tokens
 #   swiftkv  SwiftKV vs plain Llama, Llama-3.1-8B shape (random weights)
 #   gen      gen_bench.py: `arctic-gen serve --api-server-count ${FE:-4}` vs `vllm serve`, SmolLM2, 1/16/64/256
-#            streams, 256 tokens, 2 rounds (issue 16); GEN_ARGS adds arguments (e.g. GEN_ARGS='--grpc-args "..."')
+#            streams, 256 tokens, 2 rounds (issue 16); SPEC_VARIANT='<speculative-config JSON>' adds a third server
+#            (ours with that speculation, SPEC_EXTRA more engine args for it) to the same run
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STEP=${1:?step}
@@ -63,12 +64,16 @@ case "$STEP" in
       | grep -v -E "it/s|WARNING" | tail -30
     ;;
   gen)
-    log "gen: gen_bench.py, ${FE:-4} front ends"
-    eval "python3 load_tests/gen_bench.py --model /tmp/models/smollm2 --streams ${STREAMS:-1 16 64 256} \
-      --max-tokens 256 --rounds ${ROUNDS:-2} --requests-per-stream 2 --client-procs ${CLIENTS:-6} \
-      --engine-args '--max-model-len 1024 --gpu-memory-utilization 0.3' \
-      --grpc-args '--api-server-count ${FE:-4}' --out $OUT/gen_${TAG:-a}.json --no-readme ${GEN_ARGS:-}" 2>&1 \
-      | tee "$OUT/gen_${TAG:-a}.log" | grep -E "^round|tok/s|Error|error" | tail -40
+    log "gen: gen_bench.py, ${FE:-4} front ends${SPEC_VARIANT:+, + variant 'spec': $SPEC_VARIANT}"
+    GEN=(--model /tmp/models/smollm2 --streams ${STREAMS:-1 16 64 256} --max-tokens 256 --rounds "${ROUNDS:-2}"
+         --requests-per-stream 2 --client-procs "${CLIENTS:-6}"
+         --engine-args "--max-model-len 1024 --gpu-memory-utilization ${GPU_UTIL:-0.3}"
+         --grpc-args "--api-server-count ${FE:-4}" --out "$OUT/gen_${TAG:-a}.json" --no-readme)
+    if [[ -n "${SPEC_VARIANT:-}" ]]; then  # e.g. SPEC_VARIANT='{"method": "suffix", ...}' (+ SPEC_EXTRA args)
+      GEN+=(--grpc-variant spec "--api-server-count ${FE:-4} --speculative-config '$SPEC_VARIANT' ${SPEC_EXTRA:-}")
+    fi
+    python3 load_tests/gen_bench.py "${GEN[@]}" 2>&1 | tee "$OUT/gen_${TAG:-a}.log" \
+      | grep -E "^round|tok/s|Error|error" | tail -40
     cp /tmp/arctic-gen-scratch/gen_bench/*.log "$OUT/" 2>/dev/null || true
     ;;
   *) echo "unknown step $STEP"; exit 2 ;;
