@@ -100,8 +100,12 @@ def test_bad_options_are_rejected(teacher, tmp_path, capsys):
 
 
 @pytest.mark.vllm
+@pytest.mark.slow
 def test_distilled_checkpoint_runs_in_vllm(distilled):
-    """vLLM (skip path, chunked prefill) generates the distilled student's greedy text."""
+    """vLLM (skip path, chunked prefill) generates the distilled student's greedy text. Slow (a vLLM process): CI
+    keeps test_only_swiftkv_tensors_change (this checkpoint's tensors and config) and test_swiftkv_vllm's
+    test_across_kv_matches_torch_student (vLLM vs the same torch `greedy` on a checkpoint written by the same
+    `save_checkpoint`)."""
     from transformers import AutoTokenizer
 
     from arctic_gen.testing import reference_generate

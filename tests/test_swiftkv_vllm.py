@@ -2,7 +2,8 @@
 
 Engines run in one subprocess (this file's `__main__`), one after the other, with chunked prefill (small token
 budget, so prompts are split) and prefix caching (every prompt list runs twice: the second run hits the cache).
-Forward hooks on every layer's MLP count the rows each layer processes.
+Forward hooks on every layer's MLP count the rows each layer processes. The SmolLM2 K = L check is slow (its own
+worker, load_tests/slow_tests.sh).
 """
 
 from __future__ import annotations
@@ -56,12 +57,19 @@ def results(tmp_path_factory) -> dict[str, dict]:
     }
     jobs = [{"name": name, "model": path, "prompts": PROMPTS, "max_tokens": MAX_TOKENS}
             for name, path in models.items()]
+    return {r["name"]: {**r, "model": models[r["name"]]} for r in _run_engines(jobs, tmp)}
+
+
+@pytest.fixture(scope="module")
+def smol_results(tmp_path_factory) -> dict[str, dict]:
+    from arctic_gen.training.swiftkv.checkpoint import build_swiftkv_checkpoint
+
+    tmp = tmp_path_factory.mktemp("swiftkv_smol")
     smol = smollm2()
     layers = json.loads((smol / "config.json").read_text())["num_hidden_layers"]
-    smol_models = {"smol_plain": str(smol), "smol_kL": str(build_swiftkv_checkpoint(smol, tmp / "smol-kL", layers))}
-    jobs += [{"name": name, "model": path, "prompts": SMOL_PROMPTS, "max_tokens": 16, "repeat": 1}
-             for name, path in smol_models.items()]
-    models.update(smol_models)
+    models = {"smol_plain": str(smol), "smol_kL": str(build_swiftkv_checkpoint(smol, tmp / "smol-kL", layers))}
+    jobs = [{"name": name, "model": path, "prompts": SMOL_PROMPTS, "max_tokens": 16, "repeat": 1}
+            for name, path in models.items()]
     return {r["name"]: {**r, "model": models[r["name"]]} for r in _run_engines(jobs, tmp)}
 
 
@@ -104,8 +112,9 @@ def test_across_kv_matches_torch_student(results):
     assert rows[2] == rows[3] < rows[0]
 
 
-def test_k_equals_l_is_plain_llama_smollm2(results):
-    plain, swift = results["smol_plain"], results["smol_kL"]
+@pytest.mark.slow  # the tiny Llama's K = L check above on real weights (SmolLM2 engines: a longer run)
+def test_k_equals_l_is_plain_llama_smollm2(smol_results):
+    plain, swift = smol_results["smol_plain"], smol_results["smol_kL"]
     assert swift["runs"][0]["tokens"] == plain["runs"][0]["tokens"]
     assert len(swift["runs"][0]["tokens"][0]) == 16
 
