@@ -65,7 +65,8 @@ case "$STEP" in
     ;;
   gen)
     log "gen: gen_bench.py, ${FE:-4} front ends${SPEC_VARIANT:+, + variant 'spec': $SPEC_VARIANT}"
-    GEN=(--model /tmp/models/smollm2 --streams ${STREAMS:-1 16 64 256} --max-tokens 256 --rounds "${ROUNDS:-2}"
+    # shellcheck disable=SC2206
+    GEN=(--servers ${SERVERS:-grpc openai} --model /tmp/models/smollm2 --streams ${STREAMS:-1 16 64 256} --max-tokens 256 --rounds "${ROUNDS:-2}"
          --requests-per-stream 2 --client-procs "${CLIENTS:-6}"
          --engine-args "--max-model-len 1024 --gpu-memory-utilization ${GPU_UTIL:-0.3}"
          --grpc-args "--api-server-count ${FE:-4}" --out "$OUT/gen_${TAG:-a}.json" --no-readme)
