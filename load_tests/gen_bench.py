@@ -69,7 +69,10 @@ class Proc:
     def __init__(self, cmd: list[str], log: Path, ready: str, timeout_s: float = 600) -> None:
         self.log = log
         self.handle = open(log, "wb")
-        self.process = subprocess.Popen(cmd, stdout=self.handle, stderr=subprocess.STDOUT)
+        # PYTHONSAFEPATH: `python -m` must not import this checkout's sources (no native extensions built in it)
+        # ahead of the installed package.
+        self.process = subprocess.Popen(cmd, stdout=self.handle, stderr=subprocess.STDOUT,
+                                        env={**os.environ, "PYTHONSAFEPATH": "1"})
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if re.search(ready.encode(), log.read_bytes()):
