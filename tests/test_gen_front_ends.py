@@ -106,3 +106,49 @@ def test_a_front_end_that_dies_stops_the_server(tmp_path) -> None:
         assert not alive, [p.cmdline() for p in alive]
     finally:
         server.stop()
+
+
+def test_the_shared_port_is_never_silently_shared_with_another_server() -> None:
+    import socket
+
+    from arctic_gen.server.front_ends import reserve_port
+
+    other = socket.socket()
+    other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # even a server that allows sharing
+    other.bind(("127.0.0.1", 0))
+    other.listen()
+    try:
+        with pytest.raises(OSError):
+            reserve_port("127.0.0.1", other.getsockname()[1])
+    finally:
+        other.close()
+    holder, port = reserve_port("127.0.0.1", 0)
+    try:
+        front_end = socket.socket()  # what each front end's gRPC server does (SO_REUSEPORT)
+        front_end.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        front_end.bind(("127.0.0.1", port))
+        front_end.close()
+    finally:
+        holder.close()
+
+
+def test_serve_on_a_busy_port_exits_with_a_clear_error() -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    pytest.importorskip("vllm")
+    from arctic_gen.testing import tiny_llama
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        out = subprocess.run([sys.executable, "-m", "arctic_gen.server.cli", "serve", "--model", str(tiny_llama()),
+                              "--host", "127.0.0.1", "--port", str(busy.getsockname()[1]), *ARGS],
+                             capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    finally:
+        busy.close()
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "cannot listen on 127.0.0.1:" in out.stderr

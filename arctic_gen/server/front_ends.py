@@ -27,6 +27,7 @@ import multiprocessing
 import queue
 import signal
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -68,9 +69,14 @@ class FrontEndSpec:
 def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
     """A bound (not listening) SO_REUSEPORT socket holding `port` (0 = a free one) until the front ends bind it too.
 
-    A socket that never listens receives no connections, so holding it costs nothing; it only keeps the port ours
-    between choosing it and the front ends binding it."""
+    OSError (EADDRINUSE) when anything else holds the port, even another server with SO_REUSEPORT: a second server
+    on the same port must fail to start, not silently take half the connections. A socket that never listens gets
+    no connections, so holding it costs nothing; it keeps the port ours until the front ends bind it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if port:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:  # without SO_REUSEPORT: fails if anyone has it
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
     holder = socket.socket(family, socket.SOCK_STREAM)
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -222,7 +228,11 @@ def run_front_ends(engine_args: Any, config: ServerConfig, count: int, log_forma
     from vllm.v1.utils import wait_for_completion_or_failure
 
     launcher = _launcher_for(vllm.__version__)
-    holder, port = reserve_port(config.host, config.port)
+    try:
+        holder, port = reserve_port(config.host, config.port)
+    except OSError as exc:
+        print(f"arctic-gen: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     spec = FrontEndSpec(engine_args, replace(config, port=port), log_format,
                         multiprocessing.get_context("spawn").Queue())
     engine_args._api_process_count = count
