@@ -9,7 +9,7 @@ import pytest
 from arctic_gen.testing import cpu_vllm_env
 
 cpu_vllm_env()
-pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+pytestmark = pytest.mark.vllm
 
 PROMPTS = ["one two three one two three one two three", "hello world hello world hello world",
            "the model token stream the model token stream", "red green blue red green"]
@@ -112,6 +112,7 @@ def test_shared_template_requests_moving_rows_keep_their_own_cache_entries(tiny,
         assert 0 <= extra <= spec["num_speculative_tokens"]  # tokens sampled past max_tokens in the last step
 
 
+@pytest.mark.slow  # the tiny-Llama variants above keep the same check in CI
 def test_smollm2_greedy_text_is_identical_with_arctic_and_suffix() -> None:
     pytest.importorskip("vllm")
     from arctic_gen.testing import random_speculator, smollm2
