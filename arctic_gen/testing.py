@@ -239,18 +239,30 @@ def start_gen_server(model: str | os.PathLike, args: list[str], log_path: str | 
     raise RuntimeError(f"arctic-gen serve did not start; log tail:\n{log_path.read_text(errors='replace')[-4000:]}")
 
 
+_REFERENCES: dict[tuple[str, str, int, str], dict] = {}
+"""Greedy references computed in this process, per (model, prompt, max_tokens, engine kwargs): tests of several
+modules that check the same prompts share one LLM.generate run."""
+
+
 def reference_generate(model: str | os.PathLike, prompts: list[str], max_tokens: int,
                        engine_kwargs: dict | None = None, timeout_s: float = 600.0) -> list[dict]:
-    """Greedy `LLM.generate` of text prompts in a fresh process: [{"token_ids": [...], "text": ...}, ...]."""
+    """Greedy `LLM.generate` of text prompts in a fresh process: [{"token_ids": [...], "text": ...}, ...].
+    Prompts already generated in this process with the same model, max_tokens and engine kwargs are reused."""
     import json
 
     cpu_vllm_env()
-    job = {"model": str(model), "prompts": prompts, "max_tokens": max_tokens, "engine_kwargs": engine_kwargs or {}}
-    out = subprocess.run([sys.executable, "-m", "arctic_gen.testing", "reference"], input=json.dumps(job),
-                         capture_output=True, text=True, timeout=timeout_s, env=dict(os.environ))
-    if out.returncode != 0:
-        raise RuntimeError(f"reference generation failed:\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    kwargs = json.dumps(engine_kwargs or {}, sort_keys=True)
+    key = (str(model), max_tokens, kwargs)
+    missing = list(dict.fromkeys(p for p in prompts if (key[0], p, max_tokens, kwargs) not in _REFERENCES))
+    if missing:
+        job = {"model": str(model), "prompts": missing, "max_tokens": max_tokens, "engine_kwargs": engine_kwargs or {}}
+        out = subprocess.run([sys.executable, "-m", "arctic_gen.testing", "reference"], input=json.dumps(job),
+                             capture_output=True, text=True, timeout=timeout_s, env=dict(os.environ))
+        if out.returncode != 0:
+            raise RuntimeError(f"reference generation failed:\n{out.stderr[-4000:]}")
+        for prompt, result in zip(missing, json.loads(out.stdout.strip().splitlines()[-1]), strict=True):
+            _REFERENCES[(key[0], prompt, max_tokens, kwargs)] = result
+    return [dict(_REFERENCES[(key[0], p, max_tokens, kwargs)]) for p in prompts]
 
 
 def _reference_main() -> None:

@@ -49,7 +49,7 @@ def test_two_front_ends_serve_the_same_greedy_text_and_drain_on_sigterm(tmp_path
     from arctic_gen.testing import reference_generate, tiny_llama
     from arctic_protos.arctic.gen.v1 import generate_pb2
 
-    reference = reference_generate(tiny_llama(), PROMPTS, max_tokens=16)
+    reference = reference_generate(tiny_llama(), PROMPTS, max_tokens=24)  # shared with test_gen_server
     server = _start(tmp_path, "drain")
     try:
         assert len(_front_ends(server)) == 2
@@ -61,7 +61,7 @@ def test_two_front_ends_serve_the_same_greedy_text_and_drain_on_sigterm(tmp_path
             seen[info.front_end_index] = seen.get(info.front_end_index, 0) + 1
             prompt, ref = PROMPTS[i % len(PROMPTS)], reference[i % len(PROMPTS)]
             request = generate_pb2.GenerateRequest(text=prompt, sampling=generate_pb2.SamplingOptions(
-                max_tokens=16, temperature=0.0, ignore_eos=True))
+                max_tokens=24, temperature=0.0, ignore_eos=True))
             messages = list(stub.Generate(request, timeout=60))
             assert [t for m in messages for t in m.token_ids] == ref["token_ids"], (info.front_end_index, prompt)
             assert "".join(m.text for m in messages) == ref["text"]

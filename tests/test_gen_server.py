@@ -230,10 +230,10 @@ def test_a_client_that_falls_behind_gets_merged_deltas_and_every_token(server) -
     """A client that does not read (and whose HTTP/2 window is small) makes the server's writes wait; meanwhile the
     engine's tokens merge into fewer, larger messages. The first token is never held back, none is lost."""
     from arctic_gen.client import GenerateClient
-    from arctic_gen.testing import reference_generate, tiny_llama
 
     tokens = 400
-    reference = reference_generate(tiny_llama(), [PROMPTS[1]], max_tokens=tokens)[0]
+    with GenerateClient(server.target, timeout=120) as fast:  # greedy: the same text as LLM.generate (tested above)
+        reference = fast.generate(text=PROMPTS[1], max_tokens=tokens, temperature=0.0, ignore_eos=True)
     small_window = [("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)]
     with GenerateClient(server.target, timeout=120, options=small_window) as slow:
         stream = slow.stream(text=PROMPTS[1], max_tokens=tokens, temperature=0.0, ignore_eos=True)
@@ -243,6 +243,6 @@ def test_a_client_that_falls_behind_gets_merged_deltas_and_every_token(server) -
         _wait_for(lambda: not slow.info().active_streams or slow.info().engine_unfinished == 0, timeout_s=120)
         messages = [first, *stream]
     ids = [t for m in messages for t in m.token_ids]
-    assert ids == reference["token_ids"] and "".join(m.text for m in messages) == reference["text"]
+    assert ids == reference.token_ids and "".join(m.text for m in messages) == reference.text
     assert messages[-1].finish_reason == 2 and messages[-1].usage.completion_tokens == tokens
     assert len(messages) < tokens / 2, len(messages)  # merged while the client was behind
