@@ -53,7 +53,8 @@ def build_serve_parser():
     group.add_argument("--api-server-count", type=int, default=1,
                        help="front-end processes on the one engine, sharing the port (SO_REUSEPORT), as vLLM's "
                             "option of the same name: each does its streams' detokenization and gRPC work; raise it "
-                            "when one front-end process saturates a CPU core (default: 1)")
+                            "when one front-end process saturates a CPU core; --max-concurrent-streams applies to "
+                            "each front end (default: 1)")
     AsyncEngineArgs.add_cli_args(serve)  # loads vLLM's general plugins first (ours adds its engine arguments)
     apply_env(serve, ENV_PREFIX)
     return serve
