@@ -200,6 +200,11 @@ class GenerationCore:
     def active_streams(self) -> int:
         return len(self._active)
 
+    @property
+    def messages_streamed(self) -> int:
+        """Deltas handed to the transport since start."""
+        return self._progress
+
     # -- validation and tokenization --
 
     def _prompt_ids(self, inp: GenerateInput) -> list[int]:
