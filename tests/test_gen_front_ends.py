@@ -1,6 +1,6 @@
 """`arctic-gen serve --api-server-count 2`: two gRPC front ends on one engine and one port. Connections spread over
 both, greedy text equals LLM.generate through either, SIGTERM lets a running stream finish, and a front end that
-dies takes the whole server down (no half-alive server, no orphan processes)."""
+or engine that dies takes the whole server down (no half-alive server, no orphan processes)."""
 
 from __future__ import annotations
 
@@ -92,15 +92,18 @@ def test_two_front_ends_serve_the_same_greedy_text_and_drain_on_sigterm(tmp_path
         server.stop()
 
 
-def test_a_front_end_that_dies_stops_the_server(tmp_path) -> None:
+@pytest.mark.parametrize("victim", ["front end", "engine"])
+def test_a_process_that_dies_stops_the_server(tmp_path, victim: str) -> None:
     pytest.importorskip("vllm")
     import psutil
 
     server = _start(tmp_path, "kill")
     try:
-        front_ends = _front_ends(server)
         everything = psutil.Process(server.process.pid).children(recursive=True)
-        front_ends[0].kill()
+        front_ends = _front_ends(server)
+        engines = [p for p in everything if p not in front_ends and "EngineCore" in " ".join(p.cmdline())]
+        assert len(front_ends) == 2 and len(engines) == 1, [p.cmdline() for p in everything]
+        (front_ends[0] if victim == "front end" else engines[0]).kill()
         assert server.process.wait(120) != 0  # the launcher notices and stops with an error
         _, alive = psutil.wait_procs(everything, timeout=60)
         assert not alive, [p.cmdline() for p in alive]
