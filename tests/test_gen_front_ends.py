@@ -1,6 +1,6 @@
 """`arctic-gen serve --api-server-count 2`: two gRPC front ends on one engine and one port. Connections spread over
-both, greedy text equals LLM.generate through either, SIGTERM lets a running stream finish, and a front end that
-or engine that dies takes the whole server down (no half-alive server, no orphan processes)."""
+both, greedy text equals LLM.generate through either, SIGTERM lets a running stream finish, and a front end
+or the engine that dies takes the whole server down (no half-alive server, no orphan processes)."""
 
 from __future__ import annotations
 
