@@ -241,6 +241,18 @@ class ClientPool:
                 proc.kill()
 
 
+GPU_ENGINE_ARGS = "--max-model-len 1024 --gpu-memory-utilization 0.3"
+CPU_ENGINE_ARGS = f"--dtype bfloat16 --max-model-len 1024 --kv-cache-memory-bytes {256 * 2**20} --enforce-eager"
+
+
+def _has_gpu() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
 def default_machine() -> str:
     """"<host> (<cores> cores, <GPU name or CPU>)"."""
     device = "CPU"
@@ -303,16 +315,17 @@ def measure(servers: dict[str, str], model: str, args) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model directory (default: SmolLM2-135M-Instruct from arctic_gen.testing)")
-    parser.add_argument("--streams", type=int, nargs="+", default=[1, 16])
-    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--streams", type=int, nargs="+",
+                        help="stream counts (default: 1 16 64 256 on a GPU, 1 16 on a CPU)")
+    parser.add_argument("--max-tokens", type=int, help="tokens per request (default: 256 on a GPU, 128 on a CPU)")
     parser.add_argument("--client-procs", type=int, default=max(1, min(8, (os.cpu_count() or 2) // 2)),
                         help="client processes the streams are spread over (default: half the cores, at most 8)")
     parser.add_argument("--channels-per-proc", type=int, default=4,
                         help="gRPC connections per client process (default: 4)")
     parser.add_argument("--requests-per-stream", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="measurements per (server, streams); medians reported")
-    parser.add_argument("--engine-args", default="--dtype bfloat16 --max-model-len 1024 --kv-cache-memory-bytes "
-                        f"{256 * 2**20} --enforce-eager", help="vLLM engine arguments given to both servers")
+    parser.add_argument("--engine-args", help="vLLM engine arguments given to both servers (default: on a GPU "
+                        f"'{GPU_ENGINE_ARGS}', on a CPU '{CPU_ENGINE_ARGS}')")
     parser.add_argument("--grpc-args", default="", help="extra arguments for `arctic-gen serve` only")
     parser.add_argument("--grpc-variant", nargs=2, action="append", default=[], metavar=("LABEL", "ARGS"),
                         help="one more `arctic-gen serve` in the same run (server name grpc-LABEL), with "
@@ -323,6 +336,11 @@ def main() -> None:
     parser.add_argument("--machine", help="machine description for the rows (default: host, cores, GPU)")
     parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args()
+    gpu = _has_gpu()
+    args.streams = args.streams or ([1, 16, 64, 256] if gpu else [1, 16])
+    args.max_tokens = args.max_tokens or (256 if gpu else 128)
+    args.engine_args = args.engine_args if args.engine_args is not None else (
+        GPU_ENGINE_ARGS if gpu else CPU_ENGINE_ARGS)
 
     from arctic_gen.testing import cpu_vllm_env, smollm2
 
