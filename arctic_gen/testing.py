@@ -252,8 +252,11 @@ def reference_generate(model: str | os.PathLike, prompts: list[str], max_tokens:
 
     cpu_vllm_env()
     kwargs = json.dumps(engine_kwargs or {}, sort_keys=True)
-    key = (str(model), max_tokens, kwargs)
-    missing = list(dict.fromkeys(p for p in prompts if (key[0], p, max_tokens, kwargs) not in _REFERENCES))
+
+    def key(prompt: str) -> tuple[str, str, int, str]:
+        return str(model), prompt, max_tokens, kwargs
+
+    missing = list(dict.fromkeys(p for p in prompts if key(p) not in _REFERENCES))
     if missing:
         job = {"model": str(model), "prompts": missing, "max_tokens": max_tokens, "engine_kwargs": engine_kwargs or {}}
         out = subprocess.run([sys.executable, "-m", "arctic_gen.testing", "reference"], input=json.dumps(job),
@@ -261,8 +264,8 @@ def reference_generate(model: str | os.PathLike, prompts: list[str], max_tokens:
         if out.returncode != 0:
             raise RuntimeError(f"reference generation failed:\n{out.stderr[-4000:]}")
         for prompt, result in zip(missing, json.loads(out.stdout.strip().splitlines()[-1]), strict=True):
-            _REFERENCES[(key[0], prompt, max_tokens, kwargs)] = result
-    return [dict(_REFERENCES[(key[0], p, max_tokens, kwargs)]) for p in prompts]
+            _REFERENCES[key(prompt)] = result
+    return [dict(_REFERENCES[key(p)]) for p in prompts]
 
 
 def _reference_main() -> None:

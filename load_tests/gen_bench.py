@@ -256,13 +256,10 @@ def _has_gpu() -> bool:
 def default_machine() -> str:
     """"<host> (<cores> cores, <GPU name or CPU>)"."""
     device = "CPU"
-    try:
+    if _has_gpu():
         import torch
 
-        if torch.cuda.is_available():
-            device = f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
-    except ImportError:
-        pass
+        device = f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
     return f"{platform.node()} ({os.cpu_count()} cores, {device})"
 
 
@@ -372,12 +369,12 @@ def main() -> None:
             proc.stop()
     rows = []
     for result in sorted(results, key=lambda x: (x["streams"], x["server"])):
-        result_server = result["server"]
-        row = {"server": result.pop("server"), "streams": result.pop("streams"),
+        server = result.pop("server")
+        row = {"server": server, "streams": result.pop("streams"),
                "tokens_per_s": result.pop("tokens_per_s"), "ttft_p50_ms": result.pop("ttft_p50_ms"),
                "model": Path(model).name, "commit": commit, "max_tokens": args.max_tokens, "vllm": vllm.__version__,
                "engine_args": args.engine_args, "machine": args.machine,
-               "server_args": extra[result_server],
+               "server_args": extra[server],
                "client_procs": args.client_procs, **result}
         print(json.dumps(row), flush=True)
         rows.append(row)
