@@ -131,10 +131,29 @@ def test_gen_serve_options_help_and_env(monkeypatch) -> None:
     assert (args.port, args.max_model_len, args.enforce_eager) == (4321, 77, True)
     ours = [a for a in parser._actions if a.dest in ("host", "port", "metrics_port", "max_concurrent_streams",
                                                       "grace_period", "max_message_bytes", "log_format",
-                                                      "access_log")]
-    assert len(ours) == 8
+                                                      "access_log", "api_server_count")]
+    assert len(ours) == 9
     for action in ours:
         assert "(default:" in action.help and f"[env ARCTIC_GEN_{action.dest.upper()}]" in action.help
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("option", ["--api-server-count", "--max-concurrent-streams"])
+def test_gen_serve_refuses_counts_below_one(capsys, option: str) -> None:
+    from arctic_gen.server.cli import main
+
+    assert main(["serve", "--model", "m", option, "0"]) == 2  # before any engine or port is touched
+    assert f"arctic-gen: {option} must be >= 1" in capsys.readouterr().err
+
+
+def test_front_ends_refuse_a_vllm_they_were_not_written_for() -> None:
+    from arctic_gen.patching import UnsupportedVllmVersion
+    from arctic_gen.server.front_ends import _launcher_for
+
+    for version in ("0.26.0", "0.32.0"):
+        assert _launcher_for(version) is not None
+    with pytest.raises(UnsupportedVllmVersion, match="--api-server-count 1"):
+        _launcher_for("0.30.0")
 
 
 def test_json_log_lines_carry_fields_and_exceptions(capsys) -> None:
